@@ -1,0 +1,37 @@
+"""Model servers behind Sluice, one class per kind, opened for the app's serving lifetime.
+
+    async with open_backends(settings, os.environ) as backends:
+        ...   # a tuple of `Backend`, in configuration order
+
+Backends of kind ``openai`` each own an httpx client (their connection
+pool); leaving the ``async with`` closes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from ..config import Settings
+from .base import Backend
+from .openai import OpenAIBackend, api_key_from_env, open_client
+from .simulated import SimulatedBackend
+
+__all__ = ["Backend", "open_backends"]
+
+
+@asynccontextmanager
+async def open_backends(
+    settings: Settings, environ: Mapping[str, str]
+) -> AsyncIterator[tuple[Backend, ...]]:
+    async with AsyncExitStack() as stack:
+        backends: list[Backend] = []
+        for backend in settings.backends:
+            if backend.kind == "simulated":
+                backends.append(SimulatedBackend(backend))
+            else:
+                key = api_key_from_env(backend, environ)
+                client = await stack.enter_async_context(open_client(
+                    settings.server.upstream_max_connections, backend.timeouts.connect))
+                backends.append(OpenAIBackend(backend, client, key))
+        yield tuple(backends)

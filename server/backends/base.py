@@ -1,0 +1,30 @@
+"""What a backend is to the relay: something that opens a stream of chunk payloads.
+
+    async with backend.open_stream(request) as payloads:
+        async for payload in payloads:     # bytes: one chunk's JSON, or b"[DONE]"
+            ...
+
+Leaving the ``async with`` — for whatever reason, cancellation included —
+releases the upstream connection: the stream's lifetime is the caller's
+scope. Failures before or during the stream raise `UpstreamError`s
+(`server.errors`); a backend never lets a transport exception escape, so the
+relay deals in one vocabulary whatever the model server is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from ..chat_request import ChatRequest
+from ..config import BackendSettings
+
+
+class Backend(Protocol):
+    @property
+    def settings(self) -> BackendSettings: ...
+
+    def open_stream(
+        self, request: ChatRequest
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...

@@ -1,0 +1,100 @@
+"""The built-in simulated model (kind ``simulated``): Sluice useful with no model server.
+
+It streams a plausible reply token by token at a realistic pace — a first
+token delay, then about ``tokens_per_second`` with some jitter — through the
+same relay, timers and metrics as a real upstream, so the whole path can be
+tried with nothing else installed. Replies are deterministic for a given
+conversation (the jitter and the text are seeded by it), which keeps demos
+and tests repeatable. ``max_tokens`` ends the reply with ``"length"``;
+``stream_options.include_usage`` adds the usage chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from typing import Any
+
+import trio
+
+from ..chat_request import ChatRequest
+from ..chunks import chunk_bytes
+from ..config import BackendSettings
+from ..sse import DONE
+
+_SENTENCES = (
+    "Sluice relays each token the moment the model produces it.",
+    "Every stream lives in one nursery, so whatever ends it releases everything it holds.",
+    "When a client leaves, the upstream request is cancelled within milliseconds.",
+    "Errors before the first byte get a real HTTP status; later ones travel in-band.",
+    "A bounded channel between reader and writer turns a slow reader into backpressure.",
+    "Keepalive comments keep proxies from cutting a model that is still thinking.",
+    "This reply comes from the built-in simulated model, so no model server is needed.",
+    "Structured concurrency means no task outlives the scope that started it.",
+    "Timeouts guard the first token and the gaps between tokens, never the whole answer.",
+    "Point a backend at vLLM, llama.cpp or any OpenAI-compatible server to go further.",
+)
+
+
+def reply_tokens(messages: list[Any], count: int) -> list[str]:
+    """A deterministic reply of ``count`` word-sized tokens for this conversation."""
+    seed = hashlib.blake2b(repr(messages).encode(), digest_size=8).digest()
+    rng = random.Random(seed)
+    words: list[str] = []
+    while len(words) < count:
+        words.extend(rng.choice(_SENTENCES).split(" "))
+    return [word if i == 0 else " " + word for i, word in enumerate(words[:count])]
+
+
+def prompt_token_estimate(messages: list[Any]) -> int:
+    """About one token per four characters of message content, as a rough count."""
+    chars = sum(len(str(m.get("content") or "")) for m in messages if isinstance(m, dict))
+    return max(1, chars // 4)
+
+
+class SimulatedBackend:
+    def __init__(self, settings: BackendSettings) -> None:
+        self._settings = settings
+
+    @property
+    def settings(self) -> BackendSettings:
+        return self._settings
+
+    def open_stream(
+        self, request: ChatRequest
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        return self._open_stream(request)
+
+    @asynccontextmanager
+    async def _open_stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
+        async with aclosing(self._payloads(request)) as payloads:
+            yield payloads
+
+    async def _payloads(self, request: ChatRequest) -> AsyncIterator[bytes]:
+        model = self._settings.simulated
+        messages: list[Any] = request.body["messages"]
+        limit = model.reply_tokens
+        finish = "stop"
+        if request.max_tokens is not None and request.max_tokens < limit:
+            limit, finish = request.max_tokens, "length"
+        tokens = reply_tokens(messages, limit)
+        rng = random.Random(len(tokens))
+        ids = {"completion_id": f"chatcmpl-sim-{rng.getrandbits(48):012x}",
+               "created": int(time.time()), "model": request.model}
+        yield chunk_bytes(**ids, delta={"role": "assistant", "content": ""})
+        await trio.sleep(model.first_token_delay)
+        interval = 1.0 / model.tokens_per_second
+        for i, token in enumerate(tokens):
+            if i:
+                await trio.sleep(interval * rng.uniform(0.6, 1.4))
+            yield chunk_bytes(**ids, delta={"content": token})
+        yield chunk_bytes(**ids, finish_reason=finish)
+        if request.include_usage or not request.stream:
+            prompt = prompt_token_estimate(messages)
+            yield chunk_bytes(**ids, usage={"prompt_tokens": prompt,
+                                            "completion_tokens": len(tokens),
+                                            "total_tokens": prompt + len(tokens)})
+        yield DONE

@@ -1,0 +1,279 @@
+"""Settings: what a deployment tells Sluice, validated before anything serves.
+
+The settings are frozen dataclasses built from a TOML document by pure
+functions. Every key is known: an unknown key, a wrong type or an impossible
+value raises `ConfigError` naming the key's path (``backends[1].timeouts.idle``),
+so a typo stops the server at start instead of being silently ignored.
+
+    settings = load_settings(os.environ)          # SLUICE_CONFIG or the default
+    settings = parse_settings(tomllib.loads(text))
+
+With no file, `DEFAULT_CONFIG` applies: one simulated backend, so a fresh
+install answers `/v1/chat/completions` with no model server at all.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, TypeVar
+
+BackendKind = Literal["openai", "simulated"]
+BACKEND_KINDS: tuple[BackendKind, ...] = ("openai", "simulated")
+
+DEFAULT_CONFIG = """
+[[backends]]
+name = "simulated"
+kind = "simulated"
+models = ["sluice-sim"]
+"""
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. None of them bounds a whole stream: long generations are fine."""
+
+    connect: float = 5.0
+    first_chunk: float = 60.0  # request sent → first *content* token
+    idle: float = 60.0  # between content chunks; keepalives don't reset it
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatedModel:
+    """How the built-in simulated model paces its reply."""
+
+    tokens_per_second: float = 40.0
+    first_token_delay: float = 0.35
+    reply_tokens: int = 60
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSettings:
+    name: str
+    kind: BackendKind
+    models: tuple[str, ...]
+    base_url: str = ""
+    api_key_env: str | None = None
+    priority: int = 0
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    simulated: SimulatedModel = field(default_factory=SimulatedModel)
+
+    def serves(self, model: str) -> bool:
+        return "*" in self.models or model in self.models
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    max_body_bytes: int = 4 * 1024 * 1024
+    keepalive_interval: float = 15.0  # seconds of silence before `: keepalive`
+    stream_buffer: int = 64  # events held between the upstream reader and the writer
+    upstream_max_connections: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    backends: tuple[BackendSettings, ...]
+    server: ServerSettings = field(default_factory=ServerSettings)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every concrete model name served, in configuration order, without repeats."""
+        names = (m for b in self.backends for m in b.models if m != "*")
+        return tuple(dict.fromkeys(names))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_settings(environ: Mapping[str, str], path: str | None = None) -> Settings:
+    """Settings from ``path``, else ``$SLUICE_CONFIG``, else the default."""
+    path = path or environ.get("SLUICE_CONFIG") or None
+    if path is None:
+        return parse_settings(tomllib.loads(DEFAULT_CONFIG))
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path!r}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path!r} is not valid TOML: {error}") from None
+    return parse_settings(document)
+
+
+def parse_settings(document: Mapping[str, Any]) -> Settings:
+    table = _Table(document, "")
+    timeouts = _timeouts(table.table("timeouts"), Timeouts())
+    server = _server(table.table("server"))
+    raw_backends: list[Any] | None = table.take("backends", list, None)
+    table.finish()
+    if not raw_backends:
+        raise ConfigError("backends: at least one [[backends]] table is required")
+    backends = tuple(
+        _backend(_Table(_require_table(raw, f"backends[{i}]"), f"backends[{i}]"), timeouts)
+        for i, raw in enumerate(raw_backends)
+    )
+    names = [b.name for b in backends]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"backends[{i}].name: duplicate backend name {name!r}")
+    return Settings(backends=backends, server=server, timeouts=timeouts)
+
+
+def _server(table: _Table) -> ServerSettings:
+    default = ServerSettings()
+    settings = ServerSettings(
+        max_body_bytes=table.take("max_body_bytes", int, default.max_body_bytes, _positive),
+        keepalive_interval=table.number("keepalive_interval", default.keepalive_interval),
+        stream_buffer=table.take("stream_buffer", int, default.stream_buffer, _positive),
+        upstream_max_connections=table.take(
+            "upstream_max_connections", int, default.upstream_max_connections, _positive
+        ),
+    )
+    table.finish()
+    return settings
+
+
+def _timeouts(table: _Table, inherited: Timeouts) -> Timeouts:
+    timeouts = Timeouts(
+        connect=table.number("connect", inherited.connect),
+        first_chunk=table.number("first_chunk", inherited.first_chunk),
+        idle=table.number("idle", inherited.idle),
+    )
+    table.finish()
+    return timeouts
+
+
+def _backend(table: _Table, timeouts: Timeouts) -> BackendSettings:
+    name = table.take("name", str, REQUIRED, _non_empty)
+    kind = table.take("kind", str, REQUIRED, _one_of(BACKEND_KINDS))
+    models: list[Any] = table.take("models", list, REQUIRED)
+    if not models or not all(isinstance(m, str) and m for m in models):
+        raise ConfigError(f"{table.path}.models: expected a non-empty list of model names")
+    base_url = table.take("base_url", str, "")
+    if kind == "openai" and not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{table.path}.base_url: an http:// or https:// URL is required "
+                          f"for kind 'openai'")
+    backend = BackendSettings(
+        name=name,
+        kind=kind,  # type: ignore[arg-type]  # checked by _one_of
+        models=tuple(models),
+        base_url=base_url.rstrip("/"),
+        api_key_env=table.take("api_key_env", str, None, _non_empty),
+        priority=table.take("priority", int, 0),
+        timeouts=_timeouts(table.table("timeouts"), timeouts),
+    )
+    simulated_keys = ("tokens_per_second", "first_token_delay", "reply_tokens")
+    if kind == "simulated":
+        default = SimulatedModel()
+        backend = replace(backend, simulated=SimulatedModel(
+            tokens_per_second=table.number("tokens_per_second", default.tokens_per_second,
+                                           allow_zero=False),
+            first_token_delay=table.number("first_token_delay", default.first_token_delay,
+                                           allow_zero=True),
+            reply_tokens=table.take("reply_tokens", int, default.reply_tokens, _positive),
+        ))
+    else:
+        for key in simulated_keys:
+            if key in table.remaining:
+                raise ConfigError(f"{table.path}.{key}: only valid for kind 'simulated'")
+    table.finish()
+    return backend
+
+
+# ------------------------------------------------------- strict table access
+
+T = TypeVar("T")
+
+
+class _Required:
+    """Marks a key that has no default."""
+
+
+REQUIRED = _Required()
+
+
+class _Table:
+    """A TOML table read key by key; `finish` rejects whatever was not read."""
+
+    def __init__(self, document: Mapping[str, Any], path: str) -> None:
+        self.remaining = dict(document)
+        self.path = path
+
+    def _key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def take(
+        self,
+        key: str,
+        kind: type[T],
+        default: T | None | _Required,
+        check: Callable[[str, T], None] | None = None,
+    ) -> T:
+        if key not in self.remaining:
+            if isinstance(default, _Required):
+                raise ConfigError(f"{self._key_path(key)}: required")
+            return default  # type: ignore[return-value]  # None only where T admits it
+        value = self.remaining.pop(key)
+        # bool is an int in Python; a TOML `true` is never a valid number here.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"{self._key_path(key)}: expected {_type_name(kind)}, got {value!r}"
+            )
+        if check is not None:
+            check(self._key_path(key), value)
+        return value
+
+    def number(self, key: str, default: float, *, allow_zero: bool = False) -> float:
+        if key not in self.remaining:
+            return default
+        value = self.remaining.pop(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{self._key_path(key)}: expected a number, got {value!r}")
+        if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+            bound = "≥ 0" if allow_zero else "> 0"
+            raise ConfigError(f"{self._key_path(key)}: must be {bound}, got {value!r}")
+        return float(value)
+
+    def table(self, key: str) -> _Table:
+        value = self.remaining.pop(key, {})
+        return _Table(_require_table(value, self._key_path(key)), self._key_path(key))
+
+    def finish(self) -> None:
+        if self.remaining:
+            key = sorted(self.remaining)[0]
+            raise ConfigError(f"{self._key_path(key)}: unknown setting")
+
+
+def _require_table(value: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected a table, got {value!r}")
+    return value
+
+
+def _type_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", list: "a list"}.get(kind, kind.__name__)
+
+
+def _positive(path: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(f"{path}: must be > 0, got {value!r}")
+
+
+def _non_empty(path: str, value: str) -> None:
+    if not value:
+        raise ConfigError(f"{path}: must not be empty")
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str, str], None]:
+    def check(path: str, value: str) -> None:
+        if value not in choices:
+            raise ConfigError(f"{path}: must be one of {', '.join(choices)}; got {value!r}")
+
+    return check
