@@ -20,7 +20,8 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
@@ -72,12 +73,20 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     metrics = Metrics()
     backends: list[Backend] = []
 
-    @app.while_serving
-    async def serve_backends() -> AsyncIterator[None]:
-        async with open_backends(settings, environ) as opened:
-            backends[:] = opened
-            yield
-            backends.clear()
+    # The backends (and their httpx pools) live as long as serving does. An exit
+    # stack rather than a `while_serving` generator: a generator that is never
+    # resumed (serving cancelled outright) would be finalised by the GC, outside
+    # any task.
+    lifetime = AsyncExitStack()
+
+    @app.before_serving
+    async def open_serving() -> None:
+        backends[:] = await lifetime.enter_async_context(open_backends(settings, environ))
+
+    @app.after_serving
+    async def close_serving() -> None:
+        backends.clear()
+        await lifetime.aclose()
 
     @app.before_request
     async def assign_request_id() -> None:
@@ -91,7 +100,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
         received_at = trio.current_time()
-        chat = parse_chat_request(await request.get_data(cache=False))
+        chat = parse_chat_request(await request.get_data(False, False, False))
         routes = candidates(backends, chat.model)
         if not routes:
             raise ModelNotFound(chat.model)

@@ -69,5 +69,4 @@ class SluiceHTTPConnection(TrioASGIHTTPConnection):
             for name, value in response.headers.items()
             if name.lower().encode("latin-1") not in _NOT_FOR_STREAMS
         ]
-        await serve_stream(response.plan, send, headers,  # type: ignore[arg-type]
-                           self.client_gone, response.metrics)
+        await serve_stream(response.plan, send, headers, self.client_gone, response.metrics)

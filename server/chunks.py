@@ -44,7 +44,9 @@ def inspect_chunk(payload: bytes) -> tuple[ChunkFacts, dict[str, Any]]:
         raise MalformedChunk("event data is not a JSON object")
     error = chunk.get("error")
     if error is not None:
-        return ChunkFacts(False, False, error if isinstance(error, dict) else {"message": error}), chunk
+        if not isinstance(error, dict):
+            error = {"message": error}
+        return ChunkFacts(False, False, error), chunk
     choices = chunk.get("choices")
     if choices is None:
         choices = []

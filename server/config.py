@@ -213,7 +213,7 @@ class _Table:
         self,
         key: str,
         kind: type[T],
-        default: T | None | _Required,
+        default: T | _Required | None,
         check: Callable[[str, T], None] | None = None,
     ) -> T:
         if key not in self.remaining:

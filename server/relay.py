@@ -35,10 +35,15 @@ from .backends.base import Backend
 from .chat_request import ChatRequest
 from .chunks import error_event_payload, inspect_chunk
 from .config import Timeouts
-from .errors import SluiceError, UpstreamStatusError, UpstreamTimeout, error_headers, \
-    openai_error_body
+from .errors import (
+    SluiceError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+    error_headers,
+    openai_error_body,
+)
 from .metrics import Metrics
-from .pump import ChannelItem, PumpStats, StreamEnd, pump_upstream
+from .pump import ChannelItem, PumpStats, pump_upstream
 from .sse import DONE_EVENT, KEEPALIVE, frame
 
 log = logging.getLogger("sluice.stream")
@@ -84,16 +89,20 @@ async def serve_stream(
             items_in, items_out = trio.open_memory_channel[ChannelItem](plan.buffer)
             nursery.start_soon(pump_upstream, plan.backend, plan.request, items_in,
                                plan.timeouts, stats)
-            watcher = await nursery.start(watch_disconnect, client_gone, nursery.cancel_scope)
+            watcher = await nursery.start(watch_disconnect, client_gone, response,
+                                          nursery.cancel_scope)
             if plan.request.stream:
                 error = await write_sse(items_out, response, plan.keepalive_interval)
             else:
                 error = await write_completion(items_out, response)
             watcher.cancel()
-        outcome = _outcome(error)
+        # Only the watcher cancels the stream's own scope: if it did, the client left.
+        outcome = "client_disconnect" if nursery.cancel_scope.cancelled_caught \
+            else _outcome(error)
     finally:
-        if client_gone.is_set() and outcome == "cancelled":
-            outcome = "client_disconnect"
+        if outcome == "cancelled" and client_gone.is_set():
+            outcome = "client_disconnect"  # cancelled from outside, but the client had left
+        if outcome == "client_disconnect":
             metrics.client_disconnects.inc()
         _record(plan, stats, outcome, error, metrics)
         metrics.active_streams.dec()
@@ -101,15 +110,21 @@ async def serve_stream(
 
 async def watch_disconnect(
     client_gone: trio.Event,
+    response: _Response,
     stream_scope: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Cancel the stream when the client leaves; cancel the returned scope to stop watching."""
+    """Cancel the stream when the client leaves; cancel the returned scope to stop watching.
+
+    hypercorn also reports ``http.disconnect`` once a response is complete:
+    that is the normal end of an exchange, not a client leaving early.
+    """
     with trio.CancelScope() as own_scope:
         task_status.started(own_scope)
         await client_gone.wait()
-        stream_scope.cancel("client disconnected")
+        if not response.complete:
+            stream_scope.cancel("client disconnected")
 
 
 async def write_sse(
@@ -177,12 +192,13 @@ async def write_completion(
 class _Response:
     """The ASGI response of one stream: start once, then body messages, then the end."""
 
-    __slots__ = ("_headers", "_send", "started")
+    __slots__ = ("_headers", "_send", "complete", "started")
 
     def __init__(self, send: ASGISend, headers: Headers) -> None:
         self._send = send
         self._headers = headers
         self.started = False
+        self.complete = False  # the last body message is being or has been sent
 
     async def start(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         self.started = True
@@ -197,6 +213,7 @@ class _Response:
     async def finish(self, data: bytes) -> None:
         if not self.started:
             await self.start(200, SSE_HEADERS)
+        self.complete = True
         await self._send({"type": "http.response.body", "body": data, "more_body": False})
 
     async def fail(self, error: SluiceError) -> None:

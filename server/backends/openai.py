@@ -16,15 +16,14 @@ from the backend's ``api_key_env`` and goes nowhere else.
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 
 import httpx
 
 from ..chat_request import ChatRequest
 from ..config import BackendSettings, ConfigError
-from ..errors import UpstreamTimeout, UpstreamUnavailable
+from ..errors import StreamCut, UpstreamTimeout, UpstreamUnavailable
 from ..sse import EventTooLarge, SSEDecoder
 from .upstream_errors import MAX_ERROR_BODY, status_error
 
@@ -71,14 +70,15 @@ class OpenAIBackend:
             raise _unavailable(error) from None
 
 
-async def _payloads(response: httpx.Response) -> AsyncIterator[bytes]:
+async def _payloads(response: httpx.Response) -> AsyncGenerator[bytes, None]:
     decoder = SSEDecoder()
     try:
         async for raw in response.aiter_raw():
             for payload in decoder.feed(raw):
                 yield payload
     except httpx.HTTPError as error:
-        raise _unavailable(error) from None
+        raise StreamCut("The upstream stream broke off before it was complete.",
+                        detail=f"{type(error).__name__}: {error}") from None
     except EventTooLarge as error:
         raise UpstreamUnavailable("The upstream sent a malformed stream.",
                                   detail=str(error)) from None

@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from functools import partial
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from typing import Any
 
@@ -73,7 +74,7 @@ class SimulatedBackend:
         async with aclosing(self._payloads(request)) as payloads:
             yield payloads
 
-    async def _payloads(self, request: ChatRequest) -> AsyncIterator[bytes]:
+    async def _payloads(self, request: ChatRequest) -> AsyncGenerator[bytes, None]:
         model = self._settings.simulated
         messages: list[Any] = request.body["messages"]
         limit = model.reply_tokens
@@ -82,19 +83,19 @@ class SimulatedBackend:
             limit, finish = request.max_tokens, "length"
         tokens = reply_tokens(messages, limit)
         rng = random.Random(len(tokens))
-        ids = {"completion_id": f"chatcmpl-sim-{rng.getrandbits(48):012x}",
-               "created": int(time.time()), "model": request.model}
-        yield chunk_bytes(**ids, delta={"role": "assistant", "content": ""})
+        chunk = partial(chunk_bytes, completion_id=f"chatcmpl-sim-{rng.getrandbits(48):012x}",
+                        created=int(time.time()), model=request.model)
+        yield chunk(delta={"role": "assistant", "content": ""})
         await trio.sleep(model.first_token_delay)
         interval = 1.0 / model.tokens_per_second
         for i, token in enumerate(tokens):
             if i:
                 await trio.sleep(interval * rng.uniform(0.6, 1.4))
-            yield chunk_bytes(**ids, delta={"content": token})
-        yield chunk_bytes(**ids, finish_reason=finish)
+            yield chunk(delta={"content": token})
+        yield chunk(finish_reason=finish)
         if request.include_usage or not request.stream:
             prompt = prompt_token_estimate(messages)
-            yield chunk_bytes(**ids, usage={"prompt_tokens": prompt,
+            yield chunk(usage={"prompt_tokens": prompt,
                                             "completion_tokens": len(tokens),
                                             "total_tokens": prompt + len(tokens)})
         yield DONE

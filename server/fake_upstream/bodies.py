@@ -12,21 +12,24 @@ errors exactly as they would map OpenAI's::
 from __future__ import annotations
 
 from http import HTTPStatus
+from types import MappingProxyType
 
 import orjson
 
 from .chunks import token_text
 from .request import DEFAULT_MODEL
 
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-}
+_ERROR_TYPES = MappingProxyType(
+    {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        409: "conflict_error",
+        422: "invalid_request_error",
+        429: "rate_limit_error",
+    }
+)
 
 
 def error_type(status: int) -> str:

@@ -8,7 +8,7 @@ Token ``i`` reads ``f"t{i} "`` (`token_text`), so tests can check content exactl
 
     templates = ChunkTemplates.render("chatcmpl-fake-1", created=1700000000, model="m")
     content_event(templates, 3)
-    # b'data: {"id":"chatcmpl-fake-1",...,"choices":[{"index":0,"delta":{"content":"t3 "},...}]}\\n\\n'
+    # b'data: {"id":"chatcmpl-fake-1",...,"choices":[{..."delta":{"content":"t3 "},...}]}\\n\\n'
 
 Every function returns one whole event (``data: ...`` plus its blank line)
 except that `split_event` cuts one in two for clients' parser tests.
@@ -44,10 +44,16 @@ class ChunkTemplates:
     """The blank line ending each event: LF LF, or CRLF CRLF."""
 
     @classmethod
-    def render(cls, completion_id: str, *, created: int, model: str, crlf: bool = False,
-               ) -> ChunkTemplates:
+    def render(
+        cls,
+        completion_id: str,
+        *,
+        created: int,
+        model: str,
+        crlf: bool = False,
+    ) -> ChunkTemplates:
         eol = _CRLF if crlf else _LF
-        head = b"%b{\"id\":%b,\"object\":\"chat.completion.chunk\",\"created\":%d,\"model\":%b," % (
+        head = b'%b{"id":%b,"object":"chat.completion.chunk","created":%d,"model":%b,' % (
             _DATA,
             orjson.dumps(completion_id),
             created,

@@ -129,7 +129,7 @@ class RequestBuffer:
     def __len__(self) -> int:
         return len(self._data)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         self._data += data
 
     def take_head(self) -> RequestHead | None:

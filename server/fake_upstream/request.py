@@ -44,7 +44,9 @@ class ChatRequest:
         if not isinstance(model, str):
             raise InvalidChatRequest("model must be a string", "model")
         stream = _optional_bool(body, "stream")
-        options = body.get("stream_options") or {}
+        options = body.get("stream_options")
+        if options is None:
+            options = {}
         if not isinstance(options, dict):
             raise InvalidChatRequest("stream_options must be an object", "stream_options")
         include_usage = _optional_bool(options, "include_usage", "stream_options.include_usage")

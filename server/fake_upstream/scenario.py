@@ -158,9 +158,13 @@ def _optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
 def _converter_for(annotation: str) -> Callable[[str], Any]:
     # With `from __future__ import annotations` the field types are these strings.
     base, _, optional = annotation.partition(" | ")
-    convert: Callable[[str], Any] = {"int": int, "float": float, "bool": _parse_bool, "str": str}[
-        base
-    ]
+    converters: dict[str, Callable[[str], Any]] = {
+        "int": int,
+        "float": float,
+        "bool": _parse_bool,
+        "str": str,
+    }
+    convert = converters[base]
     return _optional(convert) if optional == "None" else convert
 
 

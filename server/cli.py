@@ -1,0 +1,59 @@
+"""The ``sluice`` command.
+
+    sluice serve [--config FILE] [--bind HOST:PORT] [--workers N]
+    sluice fake-upstream [--port 9000] [--scenario tokens=20,tps=50,...]
+
+``serve`` runs `server.app:app` through hypercorn's trio worker, with the
+settings of `server.serving.hypercorn_config`. The configuration is checked
+here first, so a bad file stops the command with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .config import ConfigError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sluice", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the gateway through hypercorn (trio)")
+    serve.add_argument("--config", help="TOML settings file (default: $SLUICE_CONFIG)")
+    serve.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT to listen on")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+
+    from .fake_upstream import cli as fake_cli
+
+    fake = commands.add_parser("fake-upstream", help="run the fault-injecting fake model server")
+    fake_cli.add_arguments(fake)
+
+    args = parser.parse_args(argv)
+    if args.command == "fake-upstream":
+        fake_cli.run_from_args(args)
+        return 0
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from hypercorn.run import run
+
+    from .serving import hypercorn_config
+
+    if args.config:
+        os.environ["SLUICE_CONFIG"] = os.path.abspath(args.config)  # the workers read it
+    try:
+        load_settings(os.environ)
+    except ConfigError as error:
+        print(f"sluice: configuration error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return run(hypercorn_config(args.bind, args.workers))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""``python -m server.fake_upstream``: the fake upstream without the rest of the CLI."""
+
+from __future__ import annotations
+
+import argparse
+
+from .cli import add_arguments, run_from_args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m server.fake_upstream", description="Fake OpenAI-compatible upstream."
+    )
+    add_arguments(parser)
+    run_from_args(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

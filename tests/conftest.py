@@ -1,0 +1,118 @@
+"""The suite's rules, and the real parts every end-to-end test stands on.
+
+Rules:
+- Pure modules are tested without sockets. End-to-end tests use real
+  loopback sockets only: Sluice under hypercorn's trio server on port 0,
+  the fake upstream (`server.fake_upstream`) on port 0, and real clients
+  (httpx, the openai SDK). No mocks of our own components.
+- Every wait that could hang is bounded (`trio.fail_after`), and pytest-timeout
+  bounds each test. Timing constants are named; none asserts speed — speed
+  belongs to the benchmark. Bounds here are about *behaviour* (a cancelled
+  upstream closes within `CLOSE_BOUND`, a chunk is not held back).
+- Cleanup is proven: disconnect tests assert the upstream saw its
+  connection close and the gauges came back to zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from hypercorn.trio import serve
+
+from server.app import SluiceApp, create_app
+from server.config import Settings, parse_settings
+from server.fake_upstream import FakeUpstream, Scenario
+from server.metrics import Metrics
+from server.serving import hypercorn_config
+
+# The upstream must see its connection closed this soon after the client left.
+CLOSE_BOUND = 0.1
+# Generous bound for things that should happen "at once" on loopback.
+PROMPTLY = 2.0
+# How long streams still running at the end of a test get to finish.
+SHUTDOWN_GRACE = 1.0
+
+
+@dataclass
+class RunningSluice:
+    base_url: str
+    app: SluiceApp
+
+    @property
+    def metrics(self) -> Metrics:
+        metrics: Metrics = self.app.extensions["sluice.metrics"]
+        return metrics
+
+    def sample(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    async def settle(self) -> None:
+        """Wait (bounded) until no stream is active: cleanup finishes just after a close."""
+        await wait_until(lambda: self.sample("sluice_active_streams") == 0)
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll a condition nothing signals (a metric), bounded by `PROMPTLY`."""
+    with trio.fail_after(PROMPTLY):
+        while not condition():  # noqa: ASYNC110  (no event exists for a gauge's value)
+            await trio.sleep(0.002)
+
+
+def settings_for(upstream_url: str, **overrides: Any) -> Settings:
+    """One openai-kind backend serving every model, with optional [timeouts]/[server] keys."""
+    timeouts = {k: overrides.pop(k) for k in ("connect", "first_chunk", "idle") if k in overrides}
+    document: dict[str, Any] = {
+        "backends": [{"name": "fake", "kind": "openai", "base_url": upstream_url,
+                      "models": ["*"]}],
+        "timeouts": timeouts,
+        "server": overrides,
+    }
+    return parse_settings(document)
+
+
+@asynccontextmanager
+async def running_sluice(settings: Settings) -> AsyncIterator[RunningSluice]:
+    """Sluice under hypercorn on a free loopback port, shut down gracefully on exit."""
+    app = create_app(settings, environ={})
+    config = hypercorn_config("127.0.0.1:0")
+    config.errorlog = None
+    config.graceful_timeout = SHUTDOWN_GRACE
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown.wait))
+        try:
+            yield RunningSluice(base_url=binds[0], app=app)
+        finally:
+            shutdown.set()
+
+
+@pytest.fixture
+async def upstream(nursery: trio.Nursery) -> FakeUpstream:
+    fake = FakeUpstream(Scenario(tokens=5))
+    await nursery.start(fake.serve, 0)
+    return fake
+
+
+@pytest.fixture
+async def sluice(upstream: FakeUpstream) -> AsyncIterator[RunningSluice]:
+    async with running_sluice(settings_for(upstream.base_url)) as running:
+        yield running
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client:
+        yield client
+
+
+def chat_body(stream: bool = True, **extra: Any) -> dict[str, Any]:
+    return {"model": "fake-model", "stream": stream,
+            "messages": [{"role": "user", "content": "hello"}], **extra}
