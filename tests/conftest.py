@@ -79,9 +79,11 @@ def settings_for(upstream_url: str, **overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def running_sluice(settings: Settings) -> AsyncIterator[RunningSluice]:
+async def running_sluice(
+    settings: Settings, environ: dict[str, str] | None = None
+) -> AsyncIterator[RunningSluice]:
     """Sluice under hypercorn on a free loopback port, shut down gracefully on exit."""
-    app = create_app(settings, environ={})
+    app = create_app(settings, environ=environ or {})
     config = hypercorn_config("127.0.0.1:0")
     config.errorlog = None
     config.graceful_timeout = SHUTDOWN_GRACE

@@ -15,11 +15,11 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h11
 import httpx
@@ -98,7 +98,8 @@ def decode(steps: Iterable[Step]) -> Wire:
         else:
             controls.append(step)
     conn = h11.Connection(h11.CLIENT)
-    conn.send(h11.Request(method="POST", target="/", headers=[("host", "x"), ("content-length", "0")]))
+    request_headers = [("host", "x"), ("content-length", "0")]
+    conn.send(h11.Request(method="POST", target="/", headers=request_headers))
     conn.send(h11.EndOfMessage())
     if writes:  # receive_data(b"") would mean EOF
         conn.receive_data(b"".join(writes))
@@ -251,15 +252,16 @@ REQUEST = (
 
 def take_requests(buffer: RequestBuffer, pending: list[RequestHead]) -> list[Request]:
     """Every request complete in `buffer`; a head still waiting for its body stays in `pending`."""
-    complete = []
-    while pending or (head := buffer.take_head()) is not None:
-        head = pending.pop() if pending else head
+    complete: list[Request] = []
+    while True:
+        head = pending.pop() if pending else buffer.take_head()
+        if head is None:
+            return complete
         body = buffer.take_body(head.content_length)
         if body is None:
             pending.append(head)
-            break
+            return complete
         complete.append(Request(head.method, head.target, head.headers, body))
-    return complete
 
 
 def test_parse_head_lowercases_and_joins_headers() -> None:
@@ -743,7 +745,8 @@ async def read_stream(
     arrivals: list[float] | None = None,
 ) -> None:
     """Append each ``data:`` payload to `into` (so a caller keeps them if reading fails)."""
-    async with contextlib.aclosing(response.aiter_lines()) as lines:
+    lines = cast(AsyncGenerator[str, None], response.aiter_lines())
+    async with contextlib.aclosing(lines):
         async for line in lines:
             if line.startswith("data: "):
                 into.append(line.removeprefix("data: ").encode())
@@ -1061,9 +1064,11 @@ async def test_first_delay_comes_after_the_role_chunk(fake: FakeUpstream,
     assert json.loads(got[1])["sent_at"] == pytest.approx(time.time(), abs=TEST_BOUND)
 
 
-# The SDK's SSE decoder leaves inner async generators for trio's finaliser, as
-# httpx does (see pyproject's filterwarnings); the stream itself is read to its end.
-@pytest.mark.filterwarnings("ignore:Async generator 'openai\\.:ResourceWarning")
+# The SDK (and the httpx2 it is built on) leaves inner async generators to trio's
+# finaliser, as httpx does (see pyproject's filterwarnings); the stream is read to its end.
+@pytest.mark.filterwarnings(
+    "ignore:Async generator '(openai|httpx2|httpcore2)\\.:ResourceWarning"
+)
 async def test_openai_sdk_reads_the_fake(fake: FakeUpstream) -> None:
     fake.script.append(Scenario(status=400, error_code="context_length_exceeded",
                                 error_message="too long"))
@@ -1076,7 +1081,7 @@ async def test_openai_sdk_reads_the_fake(fake: FakeUpstream) -> None:
                 model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
                 stream_options={"include_usage": True},
             )
-            texts = []
+            texts: list[str] = []
             usage = None
             async for part in stream:
                 texts.extend(choice.delta.content or "" for choice in part.choices)
