@@ -17,23 +17,26 @@ import argparse
 
 from openai import OpenAI
 from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletionMessageParam
 
-MESSAGES = [{"role": "user" as const, "content": "Tell me about Sluice."}] if False else None
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Tell me about Sluice."},
+]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description="Chat with Sluice through the openai SDK.")
     parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     parser.add_argument("--model", default="sluice-sim")
     args = parser.parse_args()
 
-    # Sluice holds the upstream keys itself; the SDK insists on sending one anyway.
+    # Sluice holds the upstream keys and checks none from clients; the SDK wants one anyway.
     client = OpenAI(base_url=args.base_url, api_key="unused", timeout=30.0, max_retries=0)
 
     print("streamed:")
     stream = client.chat.completions.create(
         model=args.model,
-        messages=[{"role": "user", "content": "Tell me about Sluice."}],
+        messages=MESSAGES,
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -47,7 +50,7 @@ def main() -> None:
     print("whole:")
     completion = client.chat.completions.create(
         model=args.model,
-        messages=[{"role": "user", "content": "Tell me about Sluice."}],
+        messages=MESSAGES,
     )
     print(completion.choices[0].message.content)
     if completion.usage is not None:

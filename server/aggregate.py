@@ -37,6 +37,7 @@ class _Choice:
     reasoning: list[str] = field(default_factory=list)
     refusal: list[str] = field(default_factory=list)
     tool_calls: dict[int, _ToolCall] = field(default_factory=dict)
+    function_call: _ToolCall | None = None
     finish_reason: str | None = None
     logprobs: list[Any] | None = None
 
@@ -54,9 +55,14 @@ class CompletionBuilder:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self._usage = usage
-        for raw in chunk.get("choices") or ():
-            choice = self._choices.setdefault(int(raw.get("index", 0)), _Choice())
-            _fold_delta(choice, raw.get("delta") or {})
+        choices = chunk.get("choices")
+        for raw in choices if isinstance(choices, list) else ():
+            if not isinstance(raw, dict):
+                continue
+            choice = self._choices.setdefault(_index(raw.get("index")), _Choice())
+            delta = raw.get("delta")
+            if isinstance(delta, dict):
+                _fold_delta(choice, delta)
             if raw.get("finish_reason") is not None:
                 choice.finish_reason = raw["finish_reason"]
             logprobs = raw.get("logprobs")
@@ -80,26 +86,44 @@ class CompletionBuilder:
 
 
 def _fold_delta(choice: _Choice, delta: dict[str, Any]) -> None:
-    if delta.get("role"):
-        choice.role = delta["role"]
-    if delta.get("content"):
-        choice.content.append(delta["content"])
-    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-    if reasoning:
+    # Upstreams are not to be trusted with types: a piece of the wrong type is
+    # skipped rather than allowed to turn a reply into a 500.
+    if role := _text(delta.get("role")):
+        choice.role = role
+    if content := _text(delta.get("content")):
+        choice.content.append(content)
+    if reasoning := _text(delta.get("reasoning_content")) or _text(delta.get("reasoning")):
         choice.reasoning.append(reasoning)
-    if delta.get("refusal"):
-        choice.refusal.append(delta["refusal"])
-    for fragment in delta.get("tool_calls") or ():
-        call = choice.tool_calls.setdefault(int(fragment.get("index", 0)), _ToolCall())
-        if fragment.get("id"):
-            call.id = fragment["id"]
-        if fragment.get("type"):
-            call.type = fragment["type"]
-        function = fragment.get("function") or {}
-        if function.get("name"):
-            call.name += function["name"]
-        if function.get("arguments"):
-            call.arguments.append(function["arguments"])
+    if refusal := _text(delta.get("refusal")):
+        choice.refusal.append(refusal)
+    fragments = delta.get("tool_calls")
+    if isinstance(delta.get("function_call"), dict):  # the legacy `functions` API
+        choice.function_call = choice.function_call or _ToolCall()
+        _fold_function(choice.function_call, delta["function_call"])
+    for fragment in fragments if isinstance(fragments, list) else ():
+        if not isinstance(fragment, dict):
+            continue
+        call = choice.tool_calls.setdefault(_index(fragment.get("index")), _ToolCall())
+        if call_id := _text(fragment.get("id")):
+            call.id = call_id
+        if call_type := _text(fragment.get("type")):
+            call.type = call_type
+        if isinstance(fragment.get("function"), dict):
+            _fold_function(call, fragment["function"])
+
+
+def _fold_function(call: _ToolCall, function: dict[str, Any]) -> None:
+    call.name += _text(function.get("name"))
+    if arguments := _text(function.get("arguments")):
+        call.arguments.append(arguments)
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _index(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _finish(index: int, choice: _Choice) -> dict[str, Any]:
@@ -107,6 +131,9 @@ def _finish(index: int, choice: _Choice) -> dict[str, Any]:
         "role": choice.role,
         "content": "".join(choice.content) if choice.content or not choice.tool_calls else None,
     }
+    if choice.function_call is not None:
+        message["function_call"] = {"name": choice.function_call.name,
+                                    "arguments": "".join(choice.function_call.arguments)}
     if choice.reasoning:
         message["reasoning_content"] = "".join(choice.reasoning)
     if choice.refusal:

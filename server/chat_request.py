@@ -76,7 +76,9 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     if options is not None and not isinstance(options, dict):
         raise RequestError("'stream_options' must be an object.", param="stream_options",
                            code="invalid_type")
-    include_usage = (options or {}).get("include_usage", False)
+    include_usage = (options or {}).get("include_usage")
+    if include_usage is None:
+        include_usage = False
     if not isinstance(include_usage, bool):
         raise RequestError("'stream_options.include_usage' must be a boolean.",
                            param="stream_options.include_usage", code="invalid_type")

@@ -102,7 +102,7 @@ def load_settings(environ: Mapping[str, str], path: str | None = None) -> Settin
             document = tomllib.load(file)
     except OSError as error:
         raise ConfigError(f"cannot read config file {path!r}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path!r} is not valid TOML: {error}") from None
     return parse_settings(document)
 

@@ -22,6 +22,7 @@ is written for clients; `detail` (logged beside the error id) is not sent.
 
 from __future__ import annotations
 
+import math
 import secrets
 from typing import Any
 
@@ -164,7 +165,8 @@ def openai_error_body(error: SluiceError) -> bytes:
 def error_headers(error: SluiceError) -> list[tuple[bytes, bytes]]:
     headers = [(b"content-type", b"application/json")]
     if error.retry_after is not None:
-        headers.append((b"retry-after", str(max(0, round(error.retry_after))).encode()))
+        # Round up: a client told to wait less than the upstream asked would be refused again.
+        headers.append((b"retry-after", str(max(0, math.ceil(error.retry_after))).encode()))
     return headers
 
 

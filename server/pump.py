@@ -86,6 +86,8 @@ async def _relay(
         with timer:
             async with backend.open_stream(request) as payloads:
                 async for payload in payloads:
+                    if not payload.strip():
+                        continue  # `data:` with nothing in it: a keepalive in disguise
                     if payload == DONE:
                         if stats.first_content_at is None and not stats.finished:
                             return StreamEnd(_cut("before any content"))

@@ -24,6 +24,7 @@ KEEPALIVE: Final = b": keepalive\n"
 DONE: Final = b"[DONE]"
 DONE_EVENT: Final = b"data: [DONE]\n\n"
 _BOM: Final = b"\xef\xbb\xbf"
+_DATA_PREFIX: Final = len(b"data: ")
 
 
 class EventTooLarge(ValueError):
@@ -49,6 +50,8 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Consume one read; return the payloads of the events it completed."""
+        if not chunk:
+            return []
         if self._skip_lf:
             # The previous read ended in CR, which already ended its line:
             # an LF right after it is the second half of that CRLF.
@@ -69,7 +72,9 @@ class SSEDecoder:
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = buffer.split(b"\n")
         self._pending = lines.pop()
-        if len(self._pending) > self._max_event_bytes:
+        # An unfinished line longer than this could not fit in an event even as
+        # the value of a "data: " line: stop reading it now rather than buffer it.
+        if len(self._pending) > self._max_event_bytes + _DATA_PREFIX:
             raise EventTooLarge(f"line longer than {self._max_event_bytes} bytes")
         events: list[bytes] = []
         for line in lines:
@@ -86,7 +91,8 @@ class SSEDecoder:
                 if name == b"data":
                     if colon and value[:1] == b" ":
                         value = value[1:]
-                    self._data_size += len(value) + 1
+                    # The payload's size: values joined by LF, as dispatched.
+                    self._data_size += len(value) + (1 if self._data else 0)
                     if self._data_size > self._max_event_bytes:
                         raise EventTooLarge(f"event larger than {self._max_event_bytes} bytes")
                     self._data.append(value)

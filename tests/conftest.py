@@ -26,9 +26,9 @@ import pytest
 import trio
 from hypercorn.trio import serve
 
-from server.app import SluiceApp, create_app
 from server.config import Settings, parse_settings
 from server.fake_upstream import FakeUpstream, Scenario
+from server.gateway import SluiceApp, create_app
 from server.metrics import Metrics
 from server.serving import hypercorn_config
 

@@ -7,7 +7,13 @@ from typing import Any
 import orjson
 import pytest
 
-from server.chunks import ChunkFacts, MalformedChunk, chunk_bytes, error_event_payload, inspect_chunk
+from server.chunks import (
+    ChunkFacts,
+    MalformedChunk,
+    chunk_bytes,
+    error_event_payload,
+    inspect_chunk,
+)
 from server.errors import StreamCut, UpstreamTimeout
 
 

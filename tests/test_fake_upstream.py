@@ -143,8 +143,12 @@ def content_of(parsed: Iterable[dict[str, Any]]) -> str:
 
 
 def facts(keep_alive: bool = True) -> ResponseFacts:
-    return ResponseFacts("chatcmpl-fake-7", created=1_700_000_000, keep_alive=keep_alive,
-                         wall_clock=lambda: WALL_TIME)
+    return ResponseFacts(
+        "chatcmpl-fake-7",
+        created=1_700_000_000,
+        keep_alive=keep_alive,
+        wall_clock=lambda: WALL_TIME,
+    )
 
 
 def plan(scenario: Scenario, **body: Any) -> Wire:
@@ -157,8 +161,18 @@ def plan(scenario: Scenario, **body: Any) -> Wire:
 def test_scenario_defaults() -> None:
     s = Scenario()
     assert (s.tokens, s.tps, s.first_delay, s.status) == (5, 0, 0, None)
-    assert not any([s.no_done, s.omit_finish, s.keepalive_comments, s.reset_before_headers,
-                    s.no_response, s.crlf, s.split_writes, s.timestamps])
+    assert not any(
+        [
+            s.no_done,
+            s.omit_finish,
+            s.keepalive_comments,
+            s.reset_before_headers,
+            s.no_response,
+            s.crlf,
+            s.split_writes,
+            s.timestamps,
+        ]
+    )
     assert s.format() == ""
     assert Scenario.parse("") == s
     assert Scenario.parse(" , ,") == s
@@ -169,9 +183,17 @@ def test_scenario_parse_converts_every_kind_of_field() -> None:
         "tokens=20, tps=2.5,first-delay=0.1,status=429,retry_after=1.5,cut_after=5,"
         "stall_after=none,error_code=context_length_exceeded,no_done,crlf=false,timestamps=yes"
     )
-    assert s == Scenario(tokens=20, tps=2.5, first_delay=0.1, status=429, retry_after=1.5,
-                         cut_after=5, error_code="context_length_exceeded", no_done=True,
-                         timestamps=True)
+    assert s == Scenario(
+        tokens=20,
+        tps=2.5,
+        first_delay=0.1,
+        status=429,
+        retry_after=1.5,
+        cut_after=5,
+        error_code="context_length_exceeded",
+        no_done=True,
+        timestamps=True,
+    )
     assert isinstance(s.tps, float)
     assert isinstance(s.tokens, int)
 
@@ -206,9 +228,7 @@ def test_scenario_is_frozen() -> None:
         s.tokens = 3  # type: ignore[misc]
 
 
-_words = st.from_regex(r"[a-z_]{1,12}", fullmatch=True).filter(
-    lambda w: w not in {"none", "null"}
-)
+_words = st.from_regex(r"[a-z_]{1,12}", fullmatch=True).filter(lambda w: w not in {"none", "null"})
 _counts = st.none() | st.integers(0, 10_000)
 _seconds = st.floats(0, 1e6, allow_nan=False, allow_infinity=False)
 
@@ -246,7 +266,7 @@ def test_scenario_format_round_trips(scenario: Scenario) -> None:
 
 REQUEST = (
     b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nX-Thing: 1\r\nx-thing: 2\r\n"
-    b"Content-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}"
+    b'Content-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}'
 )
 
 
@@ -268,8 +288,12 @@ def test_parse_head_lowercases_and_joins_headers() -> None:
     head = parse_head(REQUEST.split(b"\r\n\r\n")[0])
     assert head.method == "POST"
     assert head.target == "/v1/chat/completions?x=1"
-    assert head.headers == {"host": "a", "x-thing": "1, 2", "content-type": "application/json",
-                            "content-length": "7"}
+    assert head.headers == {
+        "host": "a",
+        "x-thing": "1, 2",
+        "content-type": "application/json",
+        "content-length": "7",
+    }
     assert head.content_length == 7
     assert not head.expects_continue
 
@@ -405,8 +429,12 @@ def test_fixed_events_and_crlf() -> None:
     assert c.comment_event(TEMPLATES) == b":\n\n"
     assert c.comment_event(crlf, "ping - x") == b": ping - x\r\n\r\n"
     assert parse_event(c.error_event(TEMPLATES)) == {
-        "error": {"message": "upstream exploded", "type": "server_error", "code": None,
-                  "param": None}
+        "error": {
+            "message": "upstream exploded",
+            "type": "server_error",
+            "code": None,
+            "param": None,
+        }
     }
     assert parse_event(c.content_event(crlf, 1), b"\r\n\r\n")["choices"][0]["delta"] == {
         "content": "t1 "
@@ -435,15 +463,21 @@ def test_chat_request_reads_what_shapes_the_answer() -> None:
             "max_tokens": 3,
             "messages": [
                 {"role": "system", "content": "be  brief"},
-                {"role": "user", "content": [{"type": "text", "text": "one two three"},
-                                             {"type": "image_url", "image_url": {"url": "u"}}]},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "one two three"},
+                        {"type": "image_url", "image_url": {"url": "u"}},
+                    ],
+                },
                 {"role": "assistant", "content": None, "tool_calls": []},
             ],
             "temperature": 0.3,
         }
     )
-    assert chat == ChatRequest(model="m", stream=True, include_usage=True, max_tokens=3,
-                               prompt_tokens=5)
+    assert chat == ChatRequest(
+        model="m", stream=True, include_usage=True, max_tokens=3, prompt_tokens=5
+    )
     assert (chat.completion_tokens(5), chat.finish_reason(5)) == (3, "length")
     assert (chat.completion_tokens(2), chat.finish_reason(2)) == (2, "stop")
     assert (chat.completion_tokens(3), chat.finish_reason(3)) == (3, "stop")
@@ -480,22 +514,36 @@ def test_chat_request_rejects(body: object, param: str | None) -> None:
 
 def test_error_body_is_openai_shaped() -> None:
     assert json.loads(error_body(429)) == {
-        "error": {"message": "fake upstream: Too Many Requests", "type": "rate_limit_error",
-                  "param": None, "code": None}
+        "error": {
+            "message": "fake upstream: Too Many Requests",
+            "type": "rate_limit_error",
+            "param": None,
+            "code": None,
+        }
     }
     custom = json.loads(error_body(400, "too long", code="context_length_exceeded", param="m"))
-    assert custom["error"] == {"message": "too long", "type": "invalid_request_error",
-                               "param": "m", "code": "context_length_exceeded"}
+    assert custom["error"] == {
+        "message": "too long",
+        "type": "invalid_request_error",
+        "param": "m",
+        "code": "context_length_exceeded",
+    }
     assert [error_type(s) for s in (401, 404, 418, 500, 503)] == [
-        "authentication_error", "not_found_error", "invalid_request_error", "server_error",
+        "authentication_error",
+        "not_found_error",
+        "invalid_request_error",
+        "server_error",
         "server_error",
     ]
     assert json.loads(error_body(599))["error"]["message"] == "fake upstream: status 599"
 
 
 def test_completion_and_models_bodies() -> None:
-    body = json.loads(completion_body("id-1", created=5, model="m", completion_tokens=3,
-                                      prompt_tokens=2, finish_reason="stop"))
+    body = json.loads(
+        completion_body(
+            "id-1", created=5, model="m", completion_tokens=3, prompt_tokens=2, finish_reason="stop"
+        )
+    )
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "t0 t1 t2 "}
     assert body["choices"][0]["finish_reason"] == "stop"
@@ -545,8 +593,11 @@ def test_pace_is_planned_against_the_request_time() -> None:
     assert wire.controls == [SleepUntil(0.5), SleepUntil(0.75), SleepUntil(1.0)]
     assert [token_offset(Scenario(tps=10), i) for i in range(3)] == [0.0, 0.1, 0.2]
     # Headers and the role chunk come before the first sleep.
-    first_sleep_at = next(i for i, s in enumerate(plan_chat(
-        Scenario(first_delay=1), ChatRequest(stream=True), facts())) if isinstance(s, SleepUntil))
+    first_sleep_at = next(
+        i
+        for i, s in enumerate(plan_chat(Scenario(first_delay=1), ChatRequest(stream=True), facts()))
+        if isinstance(s, SleepUntil)
+    )
     assert first_sleep_at == 2
     assert plan(Scenario(tokens=3)).controls == []
 
@@ -616,8 +667,17 @@ def test_keepalive_comments() -> None:
     assert blocks[0] == b":"
     ping = b": ping - 2023-11-14 22:13:20.250000+00:00"
     assert blocks[2] == blocks[4] == blocks[6] == ping
-    assert [b.startswith(b"data: ") for b in blocks] == [False, True, False, True, False, True,
-                                                          False, True, True]
+    assert [b.startswith(b"data: ") for b in blocks] == [
+        False,
+        True,
+        False,
+        True,
+        False,
+        True,
+        False,
+        True,
+        True,
+    ]
 
 
 def test_crlf_line_endings() -> None:
@@ -631,8 +691,9 @@ def test_split_writes_flush_each_half_on_its_own() -> None:
     whole = plan(Scenario(tokens=2))
     assert split.body == whole.body
     assert split.controls == [Control.FLUSH] * (2 * (len(whole.writes) - 2))
-    steps = list(plan_chat(Scenario(tokens=1, split_writes=True), ChatRequest(stream=True),
-                           facts()))
+    steps = list(
+        plan_chat(Scenario(tokens=1, split_writes=True), ChatRequest(stream=True), facts())
+    )
     assert [type(s).__name__ for s in steps[1:5]] == ["bytes", "Control", "bytes", "Control"]
 
 
@@ -643,8 +704,9 @@ def test_timestamps_only_on_content_chunks() -> None:
 
 
 def test_error_status_plan() -> None:
-    wire = plan(Scenario(status=429, retry_after=2, error_code="rate_limit_exceeded",
-                         first_delay=0.3))
+    wire = plan(
+        Scenario(status=429, retry_after=2, error_code="rate_limit_exceeded", first_delay=0.3)
+    )
     assert wire.controls == [SleepUntil(0.3)]
     assert (wire.status, wire.complete) == (429, True)
     assert wire.headers["retry-after"] == "2"
@@ -691,16 +753,24 @@ def cli_args(*argv: str) -> argparse.Namespace:
 
 
 def test_cli_flags_override_the_scenario_string() -> None:
-    args = cli_args("--scenario", "tokens=20,tps=5,cut_after=3", "--tps", "0", "--first-delay",
-                    "0.5")
+    args = cli_args(
+        "--scenario", "tokens=20,tps=5,cut_after=3", "--tps", "0", "--first-delay", "0.5"
+    )
     assert (args.host, args.port) == ("127.0.0.1", 9000)
     assert scenario_from_args(args) == Scenario(tokens=20, tps=0, first_delay=0.5, cut_after=3)
     assert scenario_from_args(cli_args("--tokens", "7")) == Scenario(tokens=7)
 
 
 async def test_cli_process_serves_and_prints_its_url() -> None:
-    command = [sys.executable, "-m", "server.fake_upstream", "--port", "0",
-               "--scenario", "tokens=2"]
+    command = [
+        sys.executable,
+        "-m",
+        "server.fake_upstream",
+        "--port",
+        "0",
+        "--scenario",
+        "tokens=2",
+    ]
     with trio.fail_after(30):  # a cold interpreter start can be slow on CI
         async with trio.open_nursery() as nursery:
             process: trio.Process = await nursery.start(
@@ -768,12 +838,14 @@ async def read_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
     return data
 
 
-def raw_request(body: dict[str, Any] | None = None, *, path: str = CHAT,
-                headers: str = "") -> bytes:
+def raw_request(
+    body: dict[str, Any] | None = None, *, path: str = CHAT, headers: str = ""
+) -> bytes:
     payload = json.dumps(body).encode() if body is not None else b""
     method = "POST" if body is not None else "GET"
-    return (f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(payload)}\r\n"
-            f"{headers}\r\n").encode() + payload
+    return (
+        f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(payload)}\r\n{headers}\r\n"
+    ).encode() + payload
 
 
 async def test_stream_over_http(fake: FakeUpstream, http: httpx.AsyncClient) -> None:
@@ -825,8 +897,9 @@ async def test_error_status_with_retry_after(fake: FakeUpstream, http: httpx.Asy
         reply = await http.post(CHAT, json=chat_json())
     assert reply.status_code == 429
     assert reply.headers["retry-after"] == "1.5"
-    assert reply.json() == {"error": {"message": "slow down", "type": "rate_limit_error",
-                                      "param": None, "code": None}}
+    assert reply.json() == {
+        "error": {"message": "slow down", "type": "rate_limit_error", "param": None, "code": None}
+    }
     assert fake.connections[0].closed_at is None  # an error answer keeps the connection
 
 
@@ -849,8 +922,9 @@ async def test_models_404_405_and_bad_json(fake: FakeUpstream, http: httpx.Async
     assert len(fake.connections) == 1
 
 
-async def test_cut_after_breaks_the_chunked_body(fake: FakeUpstream,
-                                                 http: httpx.AsyncClient) -> None:
+async def test_cut_after_breaks_the_chunked_body(
+    fake: FakeUpstream, http: httpx.AsyncClient
+) -> None:
     fake.scenario = Scenario(tokens=10, cut_after=3)
     got: list[bytes] = []
     with trio.fail_after(TEST_BOUND):
@@ -953,8 +1027,9 @@ async def test_reset_before_headers_sends_rst(fake: FakeUpstream) -> None:
     assert fake.connections[0].closed_at is not None
 
 
-async def test_keep_alive_reuses_one_connection(fake: FakeUpstream,
-                                                http: httpx.AsyncClient) -> None:
+async def test_keep_alive_reuses_one_connection(
+    fake: FakeUpstream, http: httpx.AsyncClient
+) -> None:
     with trio.fail_after(TEST_BOUND):
         async with http.stream("POST", CHAT, json=chat_json()) as response:
             await response.aread()
@@ -972,8 +1047,11 @@ async def test_pipelined_requests_are_answered_in_order(fake: FakeUpstream) -> N
     with trio.fail_after(TEST_BOUND):
         stream = await open_raw(fake)
         async with stream:
-            await stream.send_all(raw_request(path="/v1/models") + raw_request(path="/nope")
-                                  + raw_request(path="/v1/models", headers="connection: close\r\n"))
+            await stream.send_all(
+                raw_request(path="/v1/models")
+                + raw_request(path="/nope")
+                + raw_request(path="/v1/models", headers="connection: close\r\n")
+            )
             data = await read_until_eof(stream)
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", data) == [b"200", b"404", b"200"]
     assert data.count(b"connection: close") == 1
@@ -985,8 +1063,10 @@ async def test_expect_continue(fake: FakeUpstream) -> None:
     with trio.fail_after(TEST_BOUND):
         stream = await open_raw(fake)
         async with stream:
-            await stream.send_all(f"POST {CHAT} HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
-                                  f"content-length: {len(body)}\r\n\r\n".encode())
+            await stream.send_all(
+                f"POST {CHAT} HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
+                f"content-length: {len(body)}\r\n\r\n".encode()
+            )
             assert await stream.receive_some() == b"HTTP/1.1 100 Continue\r\n\r\n"
             await stream.send_all(body)
             reply = await stream.receive_some()
@@ -1027,13 +1107,14 @@ async def test_script_is_consumed_in_order_then_the_default(
     assert not fake.script
 
 
-async def test_sse_quirks_reach_an_http_client(fake: FakeUpstream,
-                                               http: httpx.AsyncClient) -> None:
-    fake.script.extend([
-        Scenario(tokens=3, crlf=True, split_writes=True, keepalive_comments=True),
-        Scenario(tokens=3, malformed_after=1, no_done=True),
-        Scenario(tokens=3, error_event_after=2),
-    ])
+async def test_sse_quirks_reach_an_http_client(fake: FakeUpstream, http: httpx.AsyncClient) -> None:
+    fake.script.extend(
+        [
+            Scenario(tokens=3, crlf=True, split_writes=True, keepalive_comments=True),
+            Scenario(tokens=3, malformed_after=1, no_done=True),
+            Scenario(tokens=3, error_event_after=2),
+        ]
+    )
     results: list[list[bytes]] = []
     with trio.fail_after(TEST_BOUND):
         for _ in range(3):
@@ -1050,8 +1131,9 @@ async def test_sse_quirks_reach_an_http_client(fake: FakeUpstream,
     assert len(fake.connections) == 1  # every one of these bodies ended properly
 
 
-async def test_first_delay_comes_after_the_role_chunk(fake: FakeUpstream,
-                                                      http: httpx.AsyncClient) -> None:
+async def test_first_delay_comes_after_the_role_chunk(
+    fake: FakeUpstream, http: httpx.AsyncClient
+) -> None:
     delay = 0.2
     fake.scenario = Scenario(tokens=2, first_delay=delay, timestamps=True)
     arrivals: list[float] = []
@@ -1066,19 +1148,19 @@ async def test_first_delay_comes_after_the_role_chunk(fake: FakeUpstream,
 
 # The SDK (and the httpx2 it is built on) leaves inner async generators to trio's
 # finaliser, as httpx does (see pyproject's filterwarnings); the stream is read to its end.
-@pytest.mark.filterwarnings(
-    "ignore:Async generator '(openai|httpx2|httpcore2)\\.:ResourceWarning"
-)
+@pytest.mark.filterwarnings("ignore:Async generator '(openai|httpx2|httpcore2)\\.:ResourceWarning")
 async def test_openai_sdk_reads_the_fake(fake: FakeUpstream) -> None:
-    fake.script.append(Scenario(status=400, error_code="context_length_exceeded",
-                                error_message="too long"))
+    fake.script.append(
+        Scenario(status=400, error_code="context_length_exceeded", error_message="too long")
+    )
     with trio.fail_after(TEST_BOUND):
-        async with openai.AsyncOpenAI(base_url=fake.base_url, api_key="k",
-                                      max_retries=0) as sdk:
+        async with openai.AsyncOpenAI(base_url=fake.base_url, api_key="k", max_retries=0) as sdk:
             with pytest.raises(openai.BadRequestError) as info:
                 await sdk.chat.completions.create(model="m", messages=[])
             stream = await sdk.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
+                model="m",
+                messages=[{"role": "user", "content": "hi"}],
+                stream=True,
                 stream_options={"include_usage": True},
             )
             texts: list[str] = []

@@ -15,8 +15,8 @@ import hashlib
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from functools import partial
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import trio

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import email.utils
 import time
+from datetime import UTC
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -31,6 +33,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
+        if when.tzinfo is None:  # asctime and "-0000" forms: HTTP dates are always GMT
+            when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - (time.time() if now is None else now)
     if seconds != seconds or seconds == float("inf"):  # NaN or infinite
         return None
@@ -38,9 +42,17 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """Remove each secret; for a URL, also its host wherever it appears (any path, any port)."""
+    words = set()
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
+        if not secret:
+            continue
+        words.add(secret)
+        if "://" in secret:
+            parts = urlsplit(secret)
+            words.update(w for w in (parts.netloc, parts.hostname) if w)
+    for word in sorted(words, key=len, reverse=True):  # longest first: URL before its host
+        text = text.replace(word, "[redacted]")
     return text
 
 

@@ -61,5 +61,6 @@ def run_from_args(args: argparse.Namespace) -> None:
 
 async def _serve(upstream: FakeUpstream, port: int, host: str) -> None:
     async with trio.open_nursery() as nursery:
-        await nursery.start(upstream.serve, port, host)
-        print(f"fake upstream listening on {upstream.origin}", flush=True)
+        actual_port = await nursery.start(upstream.serve, port, host)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"fake upstream listening on http://{shown}:{actual_port}", flush=True)

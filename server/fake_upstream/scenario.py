@@ -5,10 +5,9 @@ SSE quirks seen in real servers). Tests build them directly; the CLI and the
 benchmark parse them from a compact ``key=value`` string so a whole fault can
 travel in one command-line argument::
 
-    >>> Scenario.parse("tokens=20,tps=50,cut_after=3")
-    Scenario(tokens=20, tps=50.0, ..., cut_after=3, ...)
-    >>> Scenario.parse("status=429,retry_after=1.5").format()
-    'status=429,retry_after=1.5'
+    scenario = Scenario.parse("tokens=20,tps=50,cut_after=3,no_done")
+    assert scenario == Scenario(tokens=20, tps=50, cut_after=3, no_done=True)
+    assert Scenario.parse(scenario.format()) == scenario
 
 Parsing is driven by the dataclass fields themselves, so a new behaviour is a
 new field with a default and nothing else. Faults counted "after N content

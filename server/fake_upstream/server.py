@@ -24,7 +24,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 import trio
@@ -78,7 +78,7 @@ class FakeUpstream:
         host: str = "127.0.0.1",
         *,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
+    ) -> NoReturn:
         """Bind, report the actual port through `task_status`, serve until cancelled."""
         listeners = await trio.open_tcp_listeners(port, host=host)
         if port == 0 and len(listeners) > 1:

@@ -9,8 +9,9 @@ import openai
 import pytest
 import trio
 
-from server.config import parse_settings
+from server.config import ConfigError, parse_settings
 from server.fake_upstream import FakeUpstream, Scenario
+from server.gateway import create_app
 
 from .conftest import RunningSluice, chat_body, running_sluice, settings_for
 
@@ -80,11 +81,15 @@ async def test_openai_sdk_streams_through_keepalives_and_in_band_errors(
     async with running_sluice(settings) as sluice, _sdk(sluice.base_url) as sdk:
         stream = await sdk.chat.completions.create(
             model="m", messages=[{"role": "user", "content": "x"}], stream=True)
-        text = []
-        with pytest.raises(openai.APIError) as caught:
+        text: list[str] = []
+
+        async def read_all() -> None:
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     text.append(chunk.choices[0].delta.content)
+
+        with pytest.raises(openai.APIError) as caught:
+            await read_all()
     assert "".join(text) == "t0 t1 t2 t3 "
     assert "before it was complete" in str(caught.value)
 
@@ -167,9 +172,7 @@ async def test_client_credentials_never_reach_the_upstream(
     settings = parse_settings({"backends": [{
         "name": "keyed", "kind": "openai", "base_url": upstream.base_url, "models": ["*"],
         "api_key_env": "TEST_UPSTREAM_KEY"}]})
-    from server.app import create_app
-
-    with pytest.raises(Exception, match="TEST_UPSTREAM_KEY"):
+    with pytest.raises(ConfigError, match="TEST_UPSTREAM_KEY"):
         create_app(settings, environ={})  # a missing key stops the server at start
     async with running_sluice(settings, environ={"TEST_UPSTREAM_KEY": "sk-upstream"}) as sluice:
         response = await client.post(sluice.base_url + URL, json=chat_body(False),

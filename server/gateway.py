@@ -1,0 +1,175 @@
+"""The gateway as a Quart-Trio app: endpoints, error handlers, the serving lifespan.
+
+    app = create_app(settings)          # tests, embedding; server.app builds the served one
+
+Views are thin. The chat view validates, routes and returns a
+`StreamResponse` — a plan — which `SluiceHTTPConnection` runs as one
+stream in one nursery (`server.relay`). Shared resources (the backends and
+their httpx pools) are opened in the app's serving lifespan and closed when
+it ends; nothing lives at module level but `app` itself.
+
+Quart's defaults are set on purpose: ``RESPONSE_TIMEOUT`` would silently cut
+every response at 60 s, so it is off (streams are bounded by the first-chunk
+and idle timers instead); ``MAX_CONTENT_LENGTH`` is the configured body limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from typing import Any
+
+import orjson
+import trio
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from .asgi import SluiceHTTPConnection, StreamResponse
+from .backends import Backend, open_backends
+from .backends.openai import api_key_from_env
+from .chat_request import parse_chat_request
+from .config import Settings
+from .errors import (
+    BodyTooLarge,
+    ModelNotFound,
+    RequestError,
+    SluiceError,
+    error_headers,
+    http_error,
+    new_error_id,
+    openai_error_body,
+)
+from .metrics import Metrics
+from .relay import StreamPlan
+from .routing import candidates
+
+log = logging.getLogger("sluice")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+class SluiceApp(QuartTrio):
+    asgi_http_class = SluiceHTTPConnection
+
+
+def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> SluiceApp:
+    environ = os.environ if environ is None else environ
+    for backend in settings.backends:
+        api_key_from_env(backend, environ)  # a missing key stops the server at start
+
+    app = SluiceApp("sluice")
+    app.config.update(
+        RESPONSE_TIMEOUT=None,
+        MAX_CONTENT_LENGTH=settings.server.max_body_bytes,
+        BODY_TIMEOUT=60,
+        JSON_SORT_KEYS=False,
+    )
+    metrics = Metrics()
+    backends: list[Backend] = []
+
+    # The backends (and their httpx pools) live as long as serving does. An exit
+    # stack rather than a `while_serving` generator: a generator that is never
+    # resumed (serving cancelled outright) would be finalised by the GC, outside
+    # any task.
+    lifetime = AsyncExitStack()
+
+    @app.before_serving
+    async def open_serving() -> None:
+        backends[:] = await lifetime.enter_async_context(open_backends(settings, environ))
+
+    @app.after_serving
+    async def close_serving() -> None:
+        backends.clear()
+        await lifetime.aclose()
+
+    @app.before_request
+    async def assign_request_id() -> None:
+        g.request_id = _request_id(request.headers.get("x-request-id"))
+
+    @app.after_request
+    async def echo_request_id(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.request_id
+        return response
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions() -> Response:
+        received_at = trio.current_time()
+        chat = parse_chat_request(await request.get_data(False, False, False))
+        routes = candidates(backends, chat.model)
+        if not routes:
+            raise ModelNotFound(chat.model)
+        backend = routes[0]
+        plan = StreamPlan(
+            request=chat,
+            backend=backend,
+            request_id=g.request_id,
+            received_at=received_at,
+            timeouts=backend.settings.timeouts,
+            keepalive_interval=settings.server.keepalive_interval,
+            buffer=settings.server.stream_buffer,
+        )
+        return StreamResponse(plan, metrics)
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "sluice"}
+                for name in settings.model_names]
+        return _json({"object": "list", "data": data})
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.errorhandler(SluiceError)
+    async def sluice_error(error: SluiceError) -> Response:
+        return _error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def http_exception(error: HTTPException) -> Response:
+        status = error.code or 500
+        if status == 413:
+            return _error_response(BodyTooLarge(
+                f"The request body is larger than {settings.server.max_body_bytes} bytes."))
+        if status == 400:  # werkzeug's own parse failures (e.g. a body that never completes)
+            return _error_response(RequestError("The request could not be read."))
+        kind = "not_found_error" if status == 404 else "invalid_request_error"
+        return _error_response(http_error(status, error.description or error.name,
+                                          type_=kind, code=error.name.lower().replace(" ", "_")))
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        error_id = new_error_id()
+        log.exception("unexpected error [%s]", error_id)
+        failure = http_error(500, "The gateway failed unexpectedly.", type_="server_error")
+        failure.error_id = error_id
+        return _error_response(failure)
+
+    app.extensions["sluice.metrics"] = metrics
+    return app
+
+
+def _request_id(sent: str | None) -> str:
+    """The client's X-Request-ID if it is sane, else a new one."""
+    if sent and _REQUEST_ID.fullmatch(sent):
+        return sent
+    return "req_" + secrets.token_hex(12)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _error_response(error: SluiceError) -> Response:
+    response = Response(openai_error_body(error), status=error.status)
+    for name, value in error_headers(error):
+        response.headers[name.decode()] = value.decode()
+    return response
