@@ -21,6 +21,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import orjson
@@ -47,6 +48,7 @@ from .errors import (
 from .metrics import Metrics
 from .relay import StreamPlan
 from .routing import candidates
+from .writers import write_completion, write_sse
 
 log = logging.getLogger("sluice")
 
@@ -110,8 +112,9 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             request_id=g.request_id,
             received_at=received_at,
             timeouts=backend.settings.timeouts,
-            keepalive_interval=settings.server.keepalive_interval,
             buffer=settings.server.stream_buffer,
+            write_body=partial(write_sse, keepalive_interval=settings.server.keepalive_interval)
+            if chat.stream else write_completion,
         )
         return StreamResponse(plan, metrics)
 

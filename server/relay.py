@@ -1,11 +1,11 @@
 """One stream's life: a nursery holding the upstream reader, the channel and a disconnect watcher.
 
-    ┌──────────────────────── serve_stream: one nursery ─────────────────────────┐
-    │ pump_upstream ──► bounded memory channel ──► write_sse / collect_completion │──► ASGI send
-    │ (owns the upstream    (backpressure)          (the nursery's own body)     │
-    │  connection & timers)                                                      │
-    │ watch_disconnect: client gone ──► cancel("client disconnected")           │
-    └────────────────────────────────────────────────────────────────────────────┘
+    ┌───────────────────────── serve_stream: one nursery ──────────────────────────┐
+    │ pump_upstream ──► bounded memory channel ──► plan.write_body (server.writers) │──► ASGI send
+    │ (owns the upstream    (backpressure)          (the nursery's own body)       │
+    │  connection & timers)                                                        │
+    │ watch_disconnect: client gone ──► cancel("client disconnected")             │
+    └──────────────────────────────────────────────────────────────────────────────┘
      scope exit: upstream connection closed, channel closed, gauge and metrics recorded
 
 Whatever ends the stream — completion, the client leaving, an upstream failure,
@@ -23,39 +23,28 @@ never looks complete.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
-import orjson
 import trio
 
-from .aggregate import CompletionBuilder
 from .backends.base import Backend
 from .chat_request import ChatRequest
-from .chunks import error_event_payload, inspect_chunk
 from .config import Timeouts
-from .errors import (
-    SluiceError,
-    UpstreamStatusError,
-    UpstreamTimeout,
-    error_headers,
-    openai_error_body,
-)
+from .errors import SluiceError, UpstreamStatusError, UpstreamTimeout
 from .metrics import Metrics
 from .pump import ChannelItem, PumpStats, pump_upstream
-from .sse import DONE_EVENT, KEEPALIVE, frame
+from .response import AsgiResponse, ASGISend, Headers
 
 log = logging.getLogger("sluice.stream")
 
-ASGISend = Callable[[Any], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
+class BodyWriter(Protocol):
+    """Drains the stream's channel into the response; returns the error that ended it."""
 
-SSE_HEADERS: Headers = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer
-]
+    def __call__(
+        self, items: trio.MemoryReceiveChannel[ChannelItem], response: AsgiResponse
+    ) -> Awaitable[SluiceError | None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +56,8 @@ class StreamPlan:
     request_id: str
     received_at: float  # trio.current_time() when the request arrived
     timeouts: Timeouts
-    keepalive_interval: float
     buffer: int
+    write_body: BodyWriter  # the response's format: SSE chunks, one completion, ...
 
 
 async def serve_stream(
@@ -80,7 +69,7 @@ async def serve_stream(
 ) -> None:
     """Run one stream in its own nursery and account for how it ended."""
     stats = PumpStats()
-    response = _Response(send, extra_headers)
+    response = AsgiResponse(send, extra_headers)
     error: SluiceError | None = None
     outcome = "cancelled"
     metrics.active_streams.inc()
@@ -91,10 +80,7 @@ async def serve_stream(
                                plan.timeouts, stats)
             watcher = await nursery.start(watch_disconnect, client_gone, response,
                                           nursery.cancel_scope)
-            if plan.request.stream:
-                error = await write_sse(items_out, response, plan.keepalive_interval)
-            else:
-                error = await write_completion(items_out, response)
+            error = await plan.write_body(items_out, response)
             watcher.cancel()
         # Only the watcher cancels the stream's own scope: if it did, the client left.
         outcome = "client_disconnect" if nursery.cancel_scope.cancelled_caught \
@@ -110,7 +96,7 @@ async def serve_stream(
 
 async def watch_disconnect(
     client_gone: trio.Event,
-    response: _Response,
+    response: AsgiResponse,
     stream_scope: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
@@ -125,103 +111,6 @@ async def watch_disconnect(
         await client_gone.wait()
         if not response.complete:
             stream_scope.cancel("client disconnected")
-
-
-async def write_sse(
-    items: trio.MemoryReceiveChannel[ChannelItem],
-    response: _Response,
-    keepalive_interval: float,
-) -> SluiceError | None:
-    """Relay chunks as SSE; return the error that ended the stream, if any.
-
-    Whatever is already waiting in the channel is coalesced into one ASGI
-    message: no added latency when the client keeps up, far fewer sends
-    (and syscalls) when it does not.
-    """
-    with items:
-        while True:
-            item: ChannelItem | None = None
-            with trio.move_on_after(keepalive_interval):
-                item = await items.receive()
-            if item is None:
-                await response.write(KEEPALIVE)
-                continue
-            body: list[bytes] = []
-            while isinstance(item, bytes):
-                body.append(frame(item))
-                try:
-                    item = items.receive_nowait()
-                except trio.WouldBlock:
-                    item = None
-                    break
-            if item is None:
-                await response.write(b"".join(body))
-                continue
-            if item.error is None:
-                body.append(DONE_EVENT)
-                await response.finish(b"".join(body))
-            elif response.started or body:
-                body.append(frame(error_event_payload(item.error)))
-                await response.finish(b"".join(body))
-            else:
-                await response.fail(item.error)
-            return item.error
-
-
-async def write_completion(
-    items: trio.MemoryReceiveChannel[ChannelItem], response: _Response
-) -> SluiceError | None:
-    """Aggregate the stream into one ``chat.completion``; nothing is sent until the end."""
-    completion = CompletionBuilder()
-    with items:
-        async for item in items:
-            if isinstance(item, bytes):
-                completion.add(inspect_chunk(item)[1])
-            elif item.error is not None:
-                await response.fail(item.error)
-                return item.error
-            else:
-                body = orjson.dumps(completion.result())
-                await response.start(200, [(b"content-type", b"application/json"),
-                                           (b"content-length", str(len(body)).encode())])
-                await response.finish(body)
-                return None
-    raise AssertionError("the pump closed its channel without a StreamEnd")
-
-
-class _Response:
-    """The ASGI response of one stream: start once, then body messages, then the end."""
-
-    __slots__ = ("_headers", "_send", "complete", "started")
-
-    def __init__(self, send: ASGISend, headers: Headers) -> None:
-        self._send = send
-        self._headers = headers
-        self.started = False
-        self.complete = False  # the last body message is being or has been sent
-
-    async def start(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
-        self.started = True
-        await self._send({"type": "http.response.start", "status": status,
-                          "headers": [*headers, *self._headers]})
-
-    async def write(self, data: bytes) -> None:
-        if not self.started:
-            await self.start(200, SSE_HEADERS)
-        await self._send({"type": "http.response.body", "body": data, "more_body": True})
-
-    async def finish(self, data: bytes) -> None:
-        if not self.started:
-            await self.start(200, SSE_HEADERS)
-        self.complete = True
-        await self._send({"type": "http.response.body", "body": data, "more_body": False})
-
-    async def fail(self, error: SluiceError) -> None:
-        """Answer with the error's own status: only possible before anything was sent."""
-        body = openai_error_body(error)
-        await self.start(error.status, [*error_headers(error),
-                                        (b"content-length", str(len(body)).encode())])
-        await self.finish(body)
 
 
 def _outcome(error: SluiceError | None) -> str:
