@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from . import chunks as c
@@ -92,6 +92,10 @@ def plan_chat(scenario: Scenario, chat: ChatRequest, facts: ResponseFacts) -> It
         yield Control.STALL
     elif scenario.status is not None:
         yield _error_response(scenario, facts.keep_alive)
+    elif scenario.reject_prefill and chat.prefill_tokens:
+        yield _error_response(replace(scenario, status=400, error_code="prefill_not_supported",
+                                      error_message="continue_final_message is not supported"),
+                              facts.keep_alive)
     elif chat.stream:
         yield from _stream(scenario, chat, facts)
     else:
@@ -166,23 +170,24 @@ def _stream(s: Scenario, chat: ChatRequest, facts: ResponseFacts) -> Iterator[St
     yield from emit(c.role_event(t))
     if (yield from _fault(s, t, 0, emit)):
         return
-    for index in range(n):
+    start = min(chat.prefill_tokens, n)
+    for index in range(start, n):
         if s.first_delay or s.tps:
-            yield SleepUntil(token_offset(s, index))
+            yield SleepUntil(token_offset(s, index - start))
         if s.keepalive_comments:
             yield from emit(c.comment_event(t, _ping(clock())))
         if s.timestamps:
             yield from emit(c.stamped_content_event(t, index, clock()))
         else:
             yield from emit(c.content_event(t, index))
-        if (yield from _fault(s, t, index + 1, emit)):
+        if (yield from _fault(s, t, index + 1 - start, emit)):
             return
     if not s.omit_finish:
         if s.keepalive_comments:
             yield from emit(c.comment_event(t, _ping(clock())))
         yield from emit(c.finish_event(t, chat.finish_reason(s.tokens)))
     if chat.include_usage:
-        yield from emit(c.usage_event(t, chat.prompt_tokens, n))
+        yield from emit(c.usage_event(t, chat.prompt_tokens, n - start))
     if not s.no_done:
         yield from emit(c.done_event(t))
     yield LAST_CHUNK

@@ -34,6 +34,9 @@ class ChatRequest:
     max_tokens: int | None = None
     prompt_tokens: int = 0
     """Whitespace-separated words in all message texts: a deterministic stand-in for a tokenizer."""
+    prefill_tokens: int = 0
+    """Words of a final assistant message to continue (vLLM's ``continue_final_message``):
+    the answer resumes at that token, so a continued reply reads as one."""
 
     @classmethod
     def from_json(cls, body: object) -> ChatRequest:
@@ -56,6 +59,7 @@ class ChatRequest:
             include_usage=include_usage,
             max_tokens=_max_tokens(body),
             prompt_tokens=_count_prompt_words(body.get("messages")),
+            prefill_tokens=_prefill_words(body),
         )
 
     def completion_tokens(self, scenario_tokens: int) -> int:
@@ -88,6 +92,17 @@ def _max_tokens(body: dict[str, object]) -> int | None:
             raise InvalidChatRequest(f"{key} must be a non-negative integer", key)
         return value
     return None
+
+
+def _prefill_words(body: dict[str, object]) -> int:
+    messages = body.get("messages")
+    if body.get("continue_final_message") is not True or not isinstance(messages, list):
+        return 0
+    last = messages[-1] if messages else None
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        return 0
+    content = last.get("content")
+    return len(content.split()) if isinstance(content, str) else 0
 
 
 def _count_prompt_words(messages: object) -> int:

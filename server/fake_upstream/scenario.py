@@ -70,6 +70,8 @@ class Scenario:
     """Write each event in two TCP writes, split mid-line."""
     timestamps: bool = False
     """Add a top-level ``sent_at`` (``time.time()``) to every content chunk."""
+    reject_prefill: bool = False
+    """Answer 400 to a request that asks to continue a final assistant message."""
 
     def __post_init__(self) -> None:
         problems = _validate(self)
