@@ -28,14 +28,33 @@ class ChatRequest:
     max_tokens: int | None
     body: dict[str, Any]  # the request as the client sent it
 
-    def upstream_body(self) -> dict[str, Any]:
+    def upstream_body(self, model: str | None = None) -> dict[str, Any]:
         """What to send upstream: always a stream, so one code path relays and aggregates.
 
         A non-streaming client gets usage in its completion, so ask for it.
+        ``model`` renames the model for a backend that knows it by another name.
         """
-        if self.stream:
-            return self.body
-        return {**self.body, "stream": True, "stream_options": {"include_usage": True}}
+        body = self.body
+        if not self.stream:
+            body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        if model is not None and model != self.model:
+            body = {**body, "model": model}
+        return body
+
+    def continued(self, prefix: str) -> ChatRequest:
+        """The same request, asking the model to continue ``prefix`` as its own answer.
+
+        The prefix is a final assistant message (a *prefill*). vLLM needs
+        ``continue_final_message`` and no generation prompt to continue it
+        rather than answer it; llama.cpp's server continues a final assistant
+        message by itself and ignores the two fields.
+        """
+        messages = [*self.body["messages"], {"role": "assistant", "content": prefix}]
+        body = {**self.body, "messages": messages, "continue_final_message": True,
+                "add_generation_prompt": False}
+        return ChatRequest(model=self.model, stream=self.stream,
+                           include_usage=self.include_usage, max_tokens=self.max_tokens,
+                           body=body)
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:

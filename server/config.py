@@ -22,6 +22,8 @@ from typing import Any, Literal, TypeVar
 
 BackendKind = Literal["openai", "simulated"]
 BACKEND_KINDS: tuple[BackendKind, ...] = ("openai", "simulated")
+Continuation = Literal["none", "prefill"]
+CONTINUATIONS: tuple[Continuation, ...] = ("none", "prefill")
 
 DEFAULT_CONFIG = """
 [[backends]]
@@ -60,7 +62,11 @@ class BackendSettings:
     models: tuple[str, ...]
     base_url: str = ""
     api_key_env: str | None = None
-    priority: int = 0
+    priority: int = 0  # fail-over tier: lower is tried first
+    weight: float = 1.0  # share within a tier, among the least busy
+    max_concurrency: int | None = None  # streams in flight to this backend
+    continuation: Continuation = "none"  # "prefill": can continue a final assistant message
+    upstream_model: str | None = None  # the model name sent upstream (default: the client's)
     timeouts: Timeouts = field(default_factory=Timeouts)
     simulated: SimulatedModel = field(default_factory=SimulatedModel)
 
@@ -74,6 +80,43 @@ class ServerSettings:
     keepalive_interval: float = 15.0  # seconds of silence before `: keepalive`
     stream_buffer: int = 64  # events held between the upstream reader and the writer
     upstream_max_connections: int = 1000
+    send_stall_timeout: float = 60.0  # a client that accepts no bytes this long is dropped
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """What may happen before the commit point (the first content chunk)."""
+
+    max_attempts: int = 4  # upstream requests per client request, all backends together
+    same_backend_retries: int = 1  # after a 5xx/reset/429, before failing over
+    retry_after_cap: float = 10.0  # longest Retry-After honoured, seconds
+    backoff_base: float = 0.2  # exponential backoff with full jitter, seconds
+    backoff_max: float = 5.0
+    budget: float = 120.0  # total seconds from request to commit, retries included
+    continuation_attempts: int = 2  # re-requests after a cut, with prefill-capable backends
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    """When a failing backend is taken out, and for how long."""
+
+    consecutive_failures: int = 5
+    failure_ratio: float = 0.5  # of the last `window` outcomes...
+    window: int = 20
+    min_requests: int = 10  # ...once the window holds at least this many
+    cooldown: float = 30.0  # open this long, then one probe request
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionSettings:
+    """How many streams may run at once, and how long a request may wait for a slot."""
+
+    max_streams: int = 10_000  # slots in the whole gateway (per worker process)
+    stream_weight: int = 1  # slots a streaming request holds for its whole life
+    buffered_weight: int = 1  # slots a non-streaming request holds
+    queue_timeout: float = 10.0  # waiting longer answers 429 (gateway) / 503 (backend)
+    requests_per_minute: float = 0.0  # per client (API key, else address); 0 = no limit
+    burst: int = 0  # bucket size; 0 = one minute's worth
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +124,9 @@ class Settings:
     backends: tuple[BackendSettings, ...]
     server: ServerSettings = field(default_factory=ServerSettings)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -111,6 +157,9 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
     table = _Table(document, "")
     timeouts = _timeouts(table.table("timeouts"), Timeouts())
     server = _server(table.table("server"))
+    retry = _retry(table.table("retry"))
+    breaker = _breaker(table.table("breaker"))
+    admission = _admission(table.table("admission"))
     raw_backends: list[Any] | None = table.take("backends", list, None)
     table.finish()
     if not raw_backends:
@@ -123,7 +172,8 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"backends[{i}].name: duplicate backend name {name!r}")
-    return Settings(backends=backends, server=server, timeouts=timeouts)
+    return Settings(backends=backends, server=server, timeouts=timeouts, retry=retry,
+                    breaker=breaker, admission=admission)
 
 
 def _server(table: _Table) -> ServerSettings:
@@ -135,7 +185,60 @@ def _server(table: _Table) -> ServerSettings:
         upstream_max_connections=table.take(
             "upstream_max_connections", int, default.upstream_max_connections, _positive
         ),
+        send_stall_timeout=table.number("send_stall_timeout", default.send_stall_timeout),
     )
+    table.finish()
+    return settings
+
+
+def _retry(table: _Table) -> RetryPolicy:
+    d = RetryPolicy()
+    policy = RetryPolicy(
+        max_attempts=table.take("max_attempts", int, d.max_attempts, _positive),
+        same_backend_retries=table.take("same_backend_retries", int, d.same_backend_retries,
+                                        _not_negative),
+        retry_after_cap=table.number("retry_after_cap", d.retry_after_cap, allow_zero=True),
+        backoff_base=table.number("backoff_base", d.backoff_base, allow_zero=True),
+        backoff_max=table.number("backoff_max", d.backoff_max, allow_zero=True),
+        budget=table.number("budget", d.budget),
+        continuation_attempts=table.take("continuation_attempts", int,
+                                         d.continuation_attempts, _not_negative),
+    )
+    table.finish()
+    return policy
+
+
+def _breaker(table: _Table) -> BreakerSettings:
+    d = BreakerSettings()
+    settings = BreakerSettings(
+        consecutive_failures=table.take("consecutive_failures", int, d.consecutive_failures,
+                                        _positive),
+        failure_ratio=table.number("failure_ratio", d.failure_ratio),
+        window=table.take("window", int, d.window, _positive),
+        min_requests=table.take("min_requests", int, d.min_requests, _positive),
+        cooldown=table.number("cooldown", d.cooldown),
+    )
+    if settings.failure_ratio > 1:
+        raise ConfigError(f"{table.path}.failure_ratio: must be ≤ 1, got {settings.failure_ratio}")
+    table.finish()
+    return settings
+
+
+def _admission(table: _Table) -> AdmissionSettings:
+    d = AdmissionSettings()
+    settings = AdmissionSettings(
+        max_streams=table.take("max_streams", int, d.max_streams, _positive),
+        stream_weight=table.take("stream_weight", int, d.stream_weight, _positive),
+        buffered_weight=table.take("buffered_weight", int, d.buffered_weight, _positive),
+        queue_timeout=table.number("queue_timeout", d.queue_timeout, allow_zero=True),
+        requests_per_minute=table.number("requests_per_minute", d.requests_per_minute,
+                                         allow_zero=True),
+        burst=table.take("burst", int, d.burst, _not_negative),
+    )
+    for key in ("stream_weight", "buffered_weight"):
+        if getattr(settings, key) > settings.max_streams:
+            raise ConfigError(f"{table.path}.{key}: larger than max_streams "
+                              f"({settings.max_streams}): no request could ever start")
     table.finish()
     return settings
 
@@ -167,6 +270,11 @@ def _backend(table: _Table, timeouts: Timeouts) -> BackendSettings:
         base_url=base_url.rstrip("/"),
         api_key_env=table.take("api_key_env", str, None, _non_empty),
         priority=table.take("priority", int, 0),
+        weight=table.number("weight", 1.0),
+        max_concurrency=table.take("max_concurrency", int, None, _positive),
+        continuation=table.take("continuation", str, "none",  # type: ignore[arg-type]
+                                _one_of(CONTINUATIONS)),
+        upstream_model=table.take("upstream_model", str, None, _non_empty),
         timeouts=_timeouts(table.table("timeouts"), timeouts),
     )
     simulated_keys = ("tokens_per_second", "first_token_delay", "reply_tokens")
@@ -264,6 +372,11 @@ def _type_name(kind: type) -> str:
 def _positive(path: str, value: int) -> None:
     if value <= 0:
         raise ConfigError(f"{path}: must be > 0, got {value!r}")
+
+
+def _not_negative(path: str, value: int) -> None:
+    if value < 0:
+        raise ConfigError(f"{path}: must be ≥ 0, got {value!r}")
 
 
 def _non_empty(path: str, value: str) -> None:

@@ -14,7 +14,8 @@ JSON a client sees; nothing else in the gateway builds error bodies.
     │   ├── UpstreamUnavailable      502  refused, reset, broken, malformed
     │   ├── UpstreamTimeout          504  connect / first chunk / idle
     │   └── StreamCut                502  ended before its finish_reason
-    └── NoBackendAvailable           503
+    ├── NoBackendAvailable           503  all backends failed, open or saturated
+    └── TooManyRequests              429  the gateway is full, or the client's rate limit
 
 A client never sees a traceback, an upstream URL or a key: `public_message`
 is written for clients; `detail` (logged beside the error id) is not sent.
@@ -144,6 +145,17 @@ class NoBackendAvailable(SluiceError):
     type = "service_unavailable"
     code = "no_backend_available"
     retryable = True
+
+
+class TooManyRequests(SluiceError):
+    status = 429
+    type = "rate_limit_error"
+    retryable = True
+
+    def __init__(self, public_message: str, *, code: str, retry_after: float) -> None:
+        super().__init__(public_message)
+        self.code = code
+        self.retry_after = retry_after
 
 
 def error_object(error: SluiceError) -> dict[str, Any]:

@@ -15,8 +15,10 @@ and idle timers instead); ``MAX_CONTENT_LENGTH`` is the configured body limit.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import random
 import re
 import secrets
 from collections.abc import Mapping
@@ -30,24 +32,28 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from .admission import Slots
 from .asgi import SluiceHTTPConnection, StreamResponse
-from .backends import Backend, open_backends
+from .backends import open_backends
 from .backends.openai import api_key_from_env
-from .chat_request import parse_chat_request
+from .chat_request import ChatRequest, parse_chat_request
 from .config import Settings
 from .errors import (
     BodyTooLarge,
     ModelNotFound,
     RequestError,
     SluiceError,
+    TooManyRequests,
     error_headers,
     http_error,
     new_error_id,
     openai_error_body,
 )
 from .metrics import Metrics
-from .relay import StreamPlan
-from .routing import candidates
+from .pump import PumpContext
+from .rate_limit import MemoryRateLimiter, RateLimiter
+from .relay import BodyWriter, StreamPlan
+from .routing import Route, candidates, make_routes
 from .writers import write_completion, write_sse
 
 log = logging.getLogger("sluice")
@@ -72,7 +78,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         JSON_SORT_KEYS=False,
     )
     metrics = Metrics()
-    backends: list[Backend] = []
+    gateway = Gateway(settings, metrics)
+    app.extensions["sluice.gateway"] = gateway
 
     # The backends (and their httpx pools) live as long as serving does. An exit
     # stack rather than a `while_serving` generator: a generator that is never
@@ -82,11 +89,12 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     @app.before_serving
     async def open_serving() -> None:
-        backends[:] = await lifetime.enter_async_context(open_backends(settings, environ))
+        backends = await lifetime.enter_async_context(open_backends(settings, environ))
+        gateway.routes = make_routes(backends, settings.breaker)
 
     @app.after_serving
     async def close_serving() -> None:
-        backends.clear()
+        gateway.routes = ()
         await lifetime.aclose()
 
     @app.before_request
@@ -102,21 +110,11 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     async def chat_completions() -> Response:
         received_at = trio.current_time()
         chat = parse_chat_request(await request.get_data(False, False, False))
-        routes = candidates(backends, chat.model)
-        if not routes:
-            raise ModelNotFound(chat.model)
-        backend = routes[0]
-        plan = StreamPlan(
-            request=chat,
-            backend=backend,
-            request_id=g.request_id,
-            received_at=received_at,
-            timeouts=backend.settings.timeouts,
-            buffer=settings.server.stream_buffer,
-            write_body=partial(write_sse, keepalive_interval=settings.server.keepalive_interval)
-            if chat.stream else write_completion,
-        )
-        return StreamResponse(plan, metrics)
+        write_body: BodyWriter = write_completion
+        if chat.stream:
+            write_body = partial(write_sse,
+                                 keepalive_interval=settings.server.keepalive_interval)
+        return await gateway.stream_response(chat, write_body, received_at)
 
     @app.get("/v1/models")
     async def list_models() -> Response:
@@ -158,6 +156,61 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     app.extensions["sluice.metrics"] = metrics
     return app
+
+
+class Gateway:
+    """The state every stream shares: routes, admission slots, rate limits, metrics.
+
+    Views that answer with a stream (``/v1/chat/completions``, ``/chat``) turn a
+    validated request into a `StreamResponse` with `stream_response`.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.routes: tuple[Route, ...] = ()
+        self.slots = Slots(settings.admission.max_streams)
+        self.rng = random.Random()
+        admission = settings.admission
+        self.rate_limiter: RateLimiter | None = None
+        if admission.requests_per_minute > 0:
+            self.rate_limiter = MemoryRateLimiter(admission.requests_per_minute, admission.burst)
+        metrics.watch(lambda: self.routes, self.slots)
+
+    async def stream_response(self, chat: ChatRequest, write_body: BodyWriter,
+                              received_at: float) -> StreamResponse:
+        """Check the client's rate limit and the model, then plan the stream."""
+        if self.rate_limiter is not None:
+            wait = await self.rate_limiter.check(_client_key())
+            if wait is not None:
+                self.metrics.rate_limited.inc()
+                raise TooManyRequests("Rate limit exceeded for this client.",
+                                      code="rate_limit_exceeded", retry_after=wait)
+        routes = candidates(self.routes, chat.model)
+        if not routes:
+            raise ModelNotFound(chat.model)
+        admission = self.settings.admission
+        plan = StreamPlan(
+            request=chat,
+            request_id=g.request_id,
+            received_at=received_at,
+            pump=PumpContext(routes=routes, policy=self.settings.retry,
+                             queue_timeout=admission.queue_timeout, metrics=self.metrics,
+                             rng=self.rng),
+            slots=self.slots,
+            weight=admission.stream_weight if chat.stream else admission.buffered_weight,
+            buffer=self.settings.server.stream_buffer,
+            write_body=write_body,
+        )
+        return StreamResponse(plan, self.metrics)
+
+
+def _client_key() -> str:
+    """Whom a rate limit counts: the API key if one was sent (hashed), else the address."""
+    authorization = request.headers.get("authorization", "")
+    if authorization:
+        return "key:" + hashlib.blake2b(authorization.encode(), digest_size=12).hexdigest()
+    return "addr:" + (request.remote_addr or "unknown")
 
 
 def _request_id(sent: str | None) -> str:

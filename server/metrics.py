@@ -7,7 +7,18 @@ carry the ``sluice_`` prefix; the README's reference lists every one.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .breaker import STATE_VALUES
+
+if TYPE_CHECKING:
+    from .admission import Slots
+    from .routing import Route
 
 # Streams run from milliseconds (errors) to many minutes (long generations).
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -21,6 +32,7 @@ OUTCOMES = (
     "upstream_error",     # refused, broken, malformed or cut upstream
     "upstream_timeout",   # connect, first-chunk or idle timeout
     "rejected",           # an upstream 4xx relayed to the client
+    "overloaded",         # no admission slot freed in time (429)
     "cancelled",          # cancelled from outside (server shutdown)
 )
 
@@ -50,8 +62,44 @@ class Metrics:
         self.chunks_per_stream = Histogram(
             "sluice_chunks_per_stream", "Upstream chunks relayed per stream.",
             buckets=_CHUNK_BUCKETS, registry=r)
+        self.breaker_transitions = Counter(
+            "sluice_breaker_transitions", "Circuit breaker state changes, by new state.",
+            ["backend", "state"], registry=r)
+        self.rate_limited = Counter(
+            "sluice_rate_limited", "Requests refused by the per-client rate limit.", registry=r)
         for outcome in OUTCOMES:  # export zeros, so rates exist before the first event
             self.stream_outcomes.labels(outcome)
 
+    def watch(self, routes: Callable[[], Iterable[Route]], slots: Slots) -> None:
+        """Export live backend and admission state, read at scrape time."""
+        self.registry.register(_LiveState(routes, slots))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _LiveState(Collector):
+    """Gauges computed when scraped: nothing to keep in step on the hot path."""
+
+    def __init__(self, routes: Callable[[], Iterable[Route]], slots: Slots) -> None:
+        self._routes = routes
+        self._slots = slots
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            "sluice_backend_in_flight", "Upstream requests in flight per backend.",
+            labels=["backend"])
+        circuit = GaugeMetricFamily(
+            "sluice_backend_circuit_state",
+            "Circuit breaker per backend: 0 closed, 1 half-open, 2 open.", labels=["backend"])
+        for route in self._routes():
+            in_flight.add_metric([route.name], route.in_flight)
+            circuit.add_metric([route.name], STATE_VALUES[route.breaker.state])
+        yield in_flight
+        yield circuit
+        yield GaugeMetricFamily("sluice_admission_slots_used",
+                                "Admission slots held by running requests.",
+                                value=self._slots.used)
+        yield GaugeMetricFamily("sluice_admission_waiting",
+                                "Requests waiting for an admission slot.",
+                                value=self._slots.waiting)

@@ -29,12 +29,11 @@ from typing import Protocol
 
 import trio
 
-from .backends.base import Backend
+from .admission import Slots
 from .chat_request import ChatRequest
-from .config import Timeouts
-from .errors import SluiceError, UpstreamStatusError, UpstreamTimeout
+from .errors import SluiceError, TooManyRequests, UpstreamStatusError, UpstreamTimeout
 from .metrics import Metrics
-from .pump import ChannelItem, PumpStats, pump_upstream
+from .pump import ChannelItem, PumpContext, PumpStats, pump_upstream
 from .response import AsgiResponse, ASGISend, Headers
 
 log = logging.getLogger("sluice.stream")
@@ -52,11 +51,12 @@ class StreamPlan:
     """Everything one stream needs, decided by the view before the stream starts."""
 
     request: ChatRequest
-    backend: Backend
     request_id: str
     received_at: float  # trio.current_time() when the request arrived
-    timeouts: Timeouts
-    buffer: int
+    pump: PumpContext  # routes, retry policy, ...
+    slots: Slots  # the gateway's admission slots
+    weight: int  # slots this request holds for its whole life
+    buffer: int  # channel size between the upstream reader and the writer
     write_body: BodyWriter  # the response's format: SSE chunks, one completion, ...
 
 
@@ -72,20 +72,30 @@ async def serve_stream(
     response = AsgiResponse(send, extra_headers)
     error: SluiceError | None = None
     outcome = "cancelled"
+    held = 0
     metrics.active_streams.inc()
     try:
         async with trio.open_nursery() as nursery:
-            items_in, items_out = trio.open_memory_channel[ChannelItem](plan.buffer)
-            nursery.start_soon(pump_upstream, plan.backend, plan.request, items_in,
-                               plan.timeouts, stats)
             watcher = await nursery.start(watch_disconnect, client_gone, response,
                                           nursery.cancel_scope)
-            error = await plan.write_body(items_out, response)
+            with trio.move_on_after(plan.pump.queue_timeout):
+                await plan.slots.acquire(plan.weight)
+                held = plan.weight
+            if not held:
+                error = TooManyRequests("The gateway is at capacity; retry shortly.",
+                                        code="gateway_busy", retry_after=1.0)
+                await response.fail(error)
+            else:
+                items_in, items_out = trio.open_memory_channel[ChannelItem](plan.buffer)
+                nursery.start_soon(pump_upstream, plan.request, plan.pump, items_in, stats)
+                error = await plan.write_body(items_out, response)
             watcher.cancel()
         # Only the watcher cancels the stream's own scope: if it did, the client left.
         outcome = "client_disconnect" if nursery.cancel_scope.cancelled_caught \
             else _outcome(error)
     finally:
+        if held:
+            plan.slots.release(held)  # after the nursery: the pump's last read is done too
         if outcome == "cancelled" and client_gone.is_set():
             outcome = "client_disconnect"  # cancelled from outside, but the client had left
         if outcome == "client_disconnect":
@@ -118,6 +128,8 @@ def _outcome(error: SluiceError | None) -> str:
         return "completed"
     if isinstance(error, UpstreamTimeout):
         return "upstream_timeout"
+    if isinstance(error, TooManyRequests):
+        return "overloaded"
     if isinstance(error, UpstreamStatusError) and not error.retryable:
         return "rejected"
     return "upstream_error"
@@ -125,18 +137,18 @@ def _outcome(error: SluiceError | None) -> str:
 
 def _record(plan: StreamPlan, stats: PumpStats, outcome: str, error: SluiceError | None,
             metrics: Metrics) -> None:
-    backend = plan.backend.settings.name
+    backend = stats.served_by or "none"
     now = trio.current_time()
     metrics.stream_outcomes.labels(outcome).inc()
-    metrics.upstream_requests.labels(backend, outcome).inc()
     metrics.stream_duration.labels(backend).observe(now - plan.received_at)
     metrics.chunks_per_stream.observe(stats.chunks)
     if stats.first_content_at is not None:
         metrics.time_to_first_chunk.labels(backend).observe(
             stats.first_content_at - plan.received_at)
     if error is not None:
-        log.warning("stream %s via %s ended: %s [%s] %s", plan.request_id, backend, outcome,
-                    error.error_id, error.detail)
+        log.warning("stream %s via %s ended: %s after %d attempt(s) [%s] %s", plan.request_id,
+                    backend, outcome, stats.attempts, error.error_id, error.detail)
     else:
-        log.info("stream %s via %s ended: %s after %d chunks in %.3f s", plan.request_id,
-                 backend, outcome, stats.chunks, now - plan.received_at)
+        log.info("stream %s via %s ended: %s after %d chunks, %d attempt(s), in %.3f s",
+                 plan.request_id, backend, outcome, stats.chunks, stats.attempts,
+                 now - plan.received_at)

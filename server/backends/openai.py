@@ -55,7 +55,8 @@ class OpenAIBackend:
     async def _open_stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
         try:
             async with self._client.stream(
-                "POST", self._url, json=request.upstream_body(), headers=self._headers
+                "POST", self._url, json=request.upstream_body(self._settings.upstream_model),
+                headers=self._headers
             ) as response:
                 if response.status_code >= 300:
                     body = await _read_bounded(response)

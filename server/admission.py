@@ -1,0 +1,72 @@
+"""Admission control: slots held for a stream's whole life, and a bounded wait for one.
+
+`Slots` is a weighted, first-come-first-served semaphore: a streaming request
+may hold more slots than a buffered one (it holds them far longer). A slot is
+taken before any upstream call and released when the holder's ``with``
+exits — however the stream ends, cancellation before the first chunk
+included. The wait is bounded by the caller (`trio.fail_after`) and becomes
+a 429 with Retry-After instead of a hang.
+
+    slots = Slots(total=1000)
+    with trio.fail_after(queue_timeout):
+        await slots.acquire(weight)
+    try: ...
+    finally: slots.release(weight)
+
+(`hold` wraps exactly that.)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+
+class Slots:
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._waiters: deque[tuple[int, trio.Event]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self, weight: int) -> None:
+        """Take ``weight`` slots, waiting in line (FIFO) if they are not free."""
+        if not self._waiters and self.used + weight <= self.total:
+            self.used += weight
+            await trio.lowlevel.checkpoint()
+            return
+        entry = (weight, trio.Event())
+        self._waiters.append(entry)
+        try:
+            await entry[1].wait()
+        except BaseException:
+            if entry[1].is_set():
+                self.release(weight)  # granted just as we were cancelled: give it back
+            else:
+                self._waiters.remove(entry)
+                self._grant()  # a heavy waiter leaving may unblock lighter ones behind it
+            raise
+
+    def release(self, weight: int) -> None:
+        self.used -= weight
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self.used + self._waiters[0][0] <= self.total:
+            weight, event = self._waiters.popleft()
+            self.used += weight
+            event.set()
+
+    @asynccontextmanager
+    async def hold(self, weight: int) -> AsyncIterator[None]:
+        await self.acquire(weight)
+        try:
+            yield
+        finally:
+            self.release(weight)
