@@ -142,13 +142,17 @@ async def _serve(
         if end is None or end.error is None:
             return end  # complete (None: the clean end was sent already)
         error = end.error
-        last_error = error
         if stats.committed:
             # Cut after the commit point (maybe during a continuation): only a
-            # continuation elsewhere may still save the answer.
+            # continuation elsewhere may still save the answer. A continuation
+            # the backend refused (a 400 "prefill not supported") is not what
+            # the client should read: the cut it tried to repair is.
+            if last_error is None or counts_against_backend(error):
+                last_error = error
             excluded.add(route.name)
             log.info("stream cut after commit via %s: %s", route.name, error.detail)
             continue
+        last_error = error
         decision = decide(error, retries_here, policy, context.rng)
         if decision.action == "give_up":
             return StreamEnd(error)
