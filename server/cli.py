@@ -47,12 +47,13 @@ def _serve(args: argparse.Namespace) -> int:
     if args.config:
         os.environ["SLUICE_CONFIG"] = os.path.abspath(args.config)  # the workers read it
     try:
-        load_settings(os.environ)
+        settings = load_settings(os.environ)
     except ConfigError as error:
         print(f"sluice: configuration error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return run(hypercorn_config(args.bind, args.workers))
+    return run(hypercorn_config(args.bind, args.workers,
+                                send_stall_timeout=settings.server.send_stall_timeout))
 
 
 if __name__ == "__main__":

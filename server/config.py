@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
-BackendKind = Literal["openai", "simulated"]
-BACKEND_KINDS: tuple[BackendKind, ...] = ("openai", "simulated")
+BackendKind = Literal["openai", "simulated", "ollama"]
+BACKEND_KINDS: tuple[BackendKind, ...] = ("openai", "simulated", "ollama")
 Continuation = Literal["none", "prefill"]
 CONTINUATIONS: tuple[Continuation, ...] = ("none", "prefill")
 
@@ -260,9 +260,14 @@ def _backend(table: _Table, timeouts: Timeouts) -> BackendSettings:
     if not models or not all(isinstance(m, str) and m for m in models):
         raise ConfigError(f"{table.path}.models: expected a non-empty list of model names")
     base_url = table.take("base_url", str, "")
-    if kind == "openai" and not base_url.startswith(("http://", "https://")):
+    if kind in ("openai", "ollama") and not base_url.startswith(("http://", "https://")):
         raise ConfigError(f"{table.path}.base_url: an http:// or https:// URL is required "
-                          f"for kind 'openai'")
+                          f"for kind {kind!r}")
+    if kind == "ollama" and base_url.rstrip("/").endswith("/v1"):
+        # /v1 is Ollama's OpenAI-compatible API: that is kind "openai". Kind "ollama"
+        # speaks the native /api/chat and wants the server's root URL.
+        raise ConfigError(f"{table.path}.base_url: for kind 'ollama' give the server's root "
+                          f"URL (like http://127.0.0.1:11434), without /v1")
     backend = BackendSettings(
         name=name,
         kind=kind,  # type: ignore[arg-type]  # checked by _one_of

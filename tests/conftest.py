@@ -84,7 +84,8 @@ async def running_sluice(
 ) -> AsyncIterator[RunningSluice]:
     """Sluice under hypercorn on a free loopback port, shut down gracefully on exit."""
     app = create_app(settings, environ=environ or {})
-    config = hypercorn_config("127.0.0.1:0")
+    config = hypercorn_config("127.0.0.1:0",
+                              send_stall_timeout=settings.server.send_stall_timeout)
     config.errorlog = None
     config.graceful_timeout = SHUTDOWN_GRACE
     shutdown = trio.Event()

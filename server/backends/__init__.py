@@ -3,8 +3,8 @@
     async with open_backends(settings, os.environ) as backends:
         ...   # a tuple of `Backend`, in configuration order
 
-Backends of kind ``openai`` each own an httpx client (their connection
-pool); leaving the ``async with`` closes them.
+Backends of kind ``openai`` and ``ollama`` each own an httpx client (their
+connection pool); leaving the ``async with`` closes them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from ..config import Settings
 from .base import Backend
+from .ollama import OllamaBackend
 from .openai import OpenAIBackend, api_key_from_env, open_client
 from .simulated import SimulatedBackend
 
@@ -33,5 +34,8 @@ async def open_backends(
                 key = api_key_from_env(backend, environ)
                 client = await stack.enter_async_context(open_client(
                     settings.server.upstream_max_connections, backend.timeouts.connect))
-                backends.append(OpenAIBackend(backend, client, key))
+                if backend.kind == "ollama":
+                    backends.append(OllamaBackend(backend, client, key))
+                else:
+                    backends.append(OpenAIBackend(backend, client, key))
         yield tuple(backends)

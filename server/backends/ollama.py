@@ -63,7 +63,7 @@ class OllamaBackend:
 
     @asynccontextmanager
     async def _open_stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
-        body = ollama_chat_body(request)
+        body = ollama_chat_body(request, self._settings.upstream_model)
         translator = OllamaStream(completion_id=f"chatcmpl-{secrets.token_hex(12)}",
                                   created=int(time.time()), model=request.model,
                                   include_usage=request.include_usage or not request.stream)

@@ -15,7 +15,7 @@ Request: what maps, and how
     ==================================  =======================================
     OpenAI                              Ollama ``/api/chat``
     ==================================  =======================================
-    ``model``                           ``model``
+    ``model``                           ``model`` (or the backend's ``upstream_model``)
     ``messages``                        ``messages`` (see below)
     ``stream``                          ``stream: true`` always (Sluice aggregates)
     ``temperature``, ``top_p``,         ``options`` of the same names
@@ -33,7 +33,8 @@ Request: what maps, and how
     ==================================  =======================================
 
 Messages: ``developer`` becomes ``system``; content parts become one
-``content`` (text parts joined by newlines) plus ``images`` (base64 from
+``content`` (text parts joined by a blank line, as Ollama joins consecutive
+messages) plus ``images`` (base64 from
 ``data:`` URLs — Sluice never fetches a remote image, and Ollama cannot);
 an assistant's ``tool_calls`` get their JSON-string arguments parsed into
 objects; a ``tool`` message gets ``tool_name`` from the call it answers; an
@@ -85,11 +86,11 @@ _THINK: Final[dict[str, bool | str]] = {
 # ------------------------------------------------------------------ request
 
 
-def ollama_chat_body(request: ChatRequest) -> dict[str, Any]:
-    """The ``/api/chat`` body for a client's chat request. Raises `RequestError`."""
+def ollama_chat_body(request: ChatRequest, model: str | None = None) -> dict[str, Any]:
+    """The ``/api/chat`` body for a request; ``model`` renames the model. Raises `RequestError`."""
     body = request.body
     chat: dict[str, Any] = {
-        "model": request.model,
+        "model": model or request.model,
         "messages": _messages(body["messages"]),
         "stream": True,
     }
@@ -236,7 +237,7 @@ def _content(i: int, content: object) -> tuple[str, list[str]]:
         else:
             raise RequestError(f"'{param}': content parts of type {kind!r} are not supported "
                                f"by this model server.", param=param, code="invalid_value")
-    return "\n".join(texts), images
+    return "\n\n".join(texts), images
 
 
 def _image_base64(image: object, param: str) -> str:

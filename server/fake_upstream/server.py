@@ -1,4 +1,4 @@
-"""`FakeUpstream`: an OpenAI-compatible model server that misbehaves on request.
+"""`FakeUpstream`: an OpenAI-compatible (and Ollama) model server that misbehaves on request.
 
 One object is the server, its configuration and its memory: tests start it in
 their nursery, choose the next responses (`scenario`, `script`), point the
@@ -12,8 +12,10 @@ gateway at `base_url`, then assert on what it recorded (`requests`,
     with trio.fail_after(1):
         await upstream.wait_all_closed()
 
-Each ``POST /v1/chat/completions`` takes the next scenario from `script` (FIFO),
-or `scenario` once the script is empty; other endpoints ignore both. Each
+Each ``POST /v1/chat/completions`` — or ``POST /api/chat``, the Ollama mode
+(`server.fake_upstream.ollama`; its base URL is `origin`) — takes the next
+scenario from `script` (FIFO), or `scenario` once the script is empty; other
+endpoints ignore both. Each
 connection is one task: it reads a request, routes it to a `plan`, and plays
 the plan with `playback.play`, whose watcher notices the peer leaving.
 """
@@ -31,6 +33,8 @@ import trio
 
 from .bodies import error_body, models_body
 from .http11 import BadRequest, Request, RequestBuffer, receive_request, response
+from .ollama import OllamaChat, plan_ollama_chat, tags_body
+from .ollama import error_body as ollama_error_body
 from .plan import JSON, ResponseFacts, Step, plan_chat, plan_json
 from .playback import Outcome, play
 from .records import ConnectionRecord, RecordedRequest
@@ -39,6 +43,8 @@ from .scenario import Scenario
 
 CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
+OLLAMA_CHAT_PATH = "/api/chat"
+OLLAMA_TAGS_PATH = "/api/tags"
 
 
 class FakeUpstream:
@@ -173,7 +179,30 @@ class FakeUpstream:
             if request.method != "GET":
                 return _error(405, f"use GET for {MODELS_PATH}", keep_alive)
             return plan_json(200, models_body(), keep_alive=keep_alive)
+        if request.path in (OLLAMA_CHAT_PATH, OLLAMA_TAGS_PATH):
+            return self._respond_ollama(request, body)
         return _error(404, f"no route for {request.path[:200]}", keep_alive)
+
+    def _respond_ollama(self, request: Request, body: dict[str, Any] | None) -> Iterator[Step]:
+        """Ollama's native API: its errors are ``{"error": "message"}``."""
+        keep_alive = request.keep_alive
+
+        def error(status: int, message: str) -> Iterator[Step]:
+            return plan_json(status, ollama_error_body(message), keep_alive=keep_alive)
+
+        if request.path == OLLAMA_TAGS_PATH:
+            if request.method != "GET":
+                return error(405, f"use GET for {OLLAMA_TAGS_PATH}")
+            return plan_json(200, tags_body(), keep_alive=keep_alive)
+        if request.method != "POST":
+            return error(405, f"use POST for {OLLAMA_CHAT_PATH}")
+        try:
+            chat = OllamaChat.from_json(body)
+        except InvalidChatRequest as exc:
+            return error(400, exc.message)
+        scenario = self.script.popleft() if self.script else self.scenario
+        facts = ResponseFacts(completion_id="", created=int(time.time()), keep_alive=keep_alive)
+        return plan_ollama_chat(scenario, chat, facts)
 
 
 def _error(status: int, message: str, keep_alive: bool) -> Iterator[Step]:
