@@ -80,11 +80,11 @@ def settings_for(upstream_url: str, **overrides: Any) -> Settings:
 
 @asynccontextmanager
 async def running_sluice(
-    settings: Settings, environ: dict[str, str] | None = None
+    settings: Settings, environ: dict[str, str] | None = None, bind: str = "127.0.0.1:0"
 ) -> AsyncIterator[RunningSluice]:
     """Sluice under hypercorn on a free loopback port, shut down gracefully on exit."""
     app = create_app(settings, environ=environ or {})
-    config = hypercorn_config("127.0.0.1:0",
+    config = hypercorn_config(bind,
                               send_stall_timeout=settings.server.send_stall_timeout)
     config.errorlog = None
     config.graceful_timeout = SHUTDOWN_GRACE
