@@ -40,9 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from hypercorn.run import run
-
-    from .serving import hypercorn_config
+    from .serving import hypercorn_config, run
 
     if args.config:
         os.environ["SLUICE_CONFIG"] = os.path.abspath(args.config)  # the workers read it
@@ -52,8 +50,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"sluice: configuration error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return run(hypercorn_config(args.bind, args.workers,
-                                send_stall_timeout=settings.server.send_stall_timeout))
+    config = hypercorn_config(args.bind, args.workers,
+                              send_stall_timeout=settings.server.send_stall_timeout)
+    return run(config, settings.server.drain_seconds)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ class ServerSettings:
     stream_buffer: int = 64  # events held between the upstream reader and the writer
     upstream_max_connections: int = 1000
     send_stall_timeout: float = 60.0  # a client that accepts no bytes this long is dropped
+    drain_seconds: float = 30.0  # at shutdown, how long live streams may run on
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +187,7 @@ def _server(table: _Table) -> ServerSettings:
             "upstream_max_connections", int, default.upstream_max_connections, _positive
         ),
         send_stall_timeout=table.number("send_stall_timeout", default.send_stall_timeout),
+        drain_seconds=table.number("drain_seconds", default.drain_seconds, allow_zero=True),
     )
     table.finish()
     return settings

@@ -15,7 +15,8 @@ JSON a client sees; nothing else in the gateway builds error bodies.
     │   ├── UpstreamTimeout          504  connect / first chunk / idle
     │   └── StreamCut                502  ended before its finish_reason
     ├── NoBackendAvailable           503  all backends failed, open or saturated
-    └── TooManyRequests              429  the gateway is full, or the client's rate limit
+    ├── TooManyRequests              429  the gateway is full, or the client's rate limit
+    └── ShuttingDown                 503  the worker is draining; retry elsewhere
 
 A client never sees a traceback, an upstream URL or a key: `public_message`
 is written for clients; `detail` (logged beside the error id) is not sent.
@@ -156,6 +157,17 @@ class TooManyRequests(SluiceError):
         super().__init__(public_message)
         self.code = code
         self.retry_after = retry_after
+
+
+class ShuttingDown(SluiceError):
+    status = 503
+    type = "service_unavailable"
+    code = "server_shutting_down"
+    retryable = True
+
+    def __init__(self) -> None:
+        super().__init__("The server is shutting down; retry the request.")
+        self.retry_after = 1.0
 
 
 def error_object(error: SluiceError) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from .errors import (
     BodyTooLarge,
     ModelNotFound,
     RequestError,
+    ShuttingDown,
     SluiceError,
     TooManyRequests,
     error_headers,
@@ -49,6 +50,7 @@ from .errors import (
     new_error_id,
     openai_error_body,
 )
+from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .pump import PumpContext
 from .rate_limit import MemoryRateLimiter, RateLimiter
@@ -124,7 +126,15 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     @app.get("/healthz")
     async def healthz() -> Response:
+        """Liveness: the process serves (also while draining)."""
         return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """Readiness: 503 once draining began, so load balancers send new work elsewhere."""
+        if gateway.lifecycle.draining:
+            return _json({"status": "draining"}, status=503)
+        return _json({"status": "ready"})
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
@@ -170,6 +180,7 @@ class Gateway:
         self.metrics = metrics
         self.routes: tuple[Route, ...] = ()
         self.slots = Slots(settings.admission.max_streams)
+        self.lifecycle = Lifecycle()
         self.rng = random.Random()
         admission = settings.admission
         self.rate_limiter: RateLimiter | None = None
@@ -180,6 +191,8 @@ class Gateway:
     async def stream_response(self, chat: ChatRequest, write_body: BodyWriter,
                               received_at: float) -> StreamResponse:
         """Check the client's rate limit and the model, then plan the stream."""
+        if self.lifecycle.draining:
+            raise ShuttingDown()
         if self.rate_limiter is not None:
             wait = await self.rate_limiter.check(_client_key())
             if wait is not None:
@@ -198,6 +211,7 @@ class Gateway:
                              queue_timeout=admission.queue_timeout, metrics=self.metrics,
                              rng=self.rng),
             slots=self.slots,
+            lifecycle=self.lifecycle,
             weight=admission.stream_weight if chat.stream else admission.buffered_weight,
             buffer=self.settings.server.stream_buffer,
             write_body=write_body,

@@ -33,6 +33,7 @@ OUTCOMES = (
     "upstream_timeout",   # connect, first-chunk or idle timeout
     "rejected",           # an upstream 4xx relayed to the client
     "overloaded",         # no admission slot freed in time (429)
+    "shutdown",           # still running when the drain ended: told to retry
     "cancelled",          # cancelled from outside (server shutdown)
 )
 

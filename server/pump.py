@@ -37,6 +37,7 @@ from .chunks import MalformedChunk, inspect_chunk
 from .config import RetryPolicy
 from .errors import (
     NoBackendAvailable,
+    ShuttingDown,
     SluiceError,
     StreamCut,
     UpstreamTimeout,
@@ -99,9 +100,21 @@ async def pump_upstream(
     context: PumpContext,
     channel: trio.MemorySendChannel[ChannelItem],
     stats: PumpStats,
+    *,
+    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Relay the request's answer into ``channel``.
+
+    The scope handed to ``task_status`` stops the upstream side only (at
+    shutdown): the stream then ends with an in-band "server shutting down",
+    written by the writer in the response's own format.
+    """
     with channel:
-        end = await _serve(request, context, channel, stats)
+        with trio.CancelScope() as upstream_scope:
+            task_status.started(upstream_scope)
+            end = await _serve(request, context, channel, stats)
+        if upstream_scope.cancelled_caught:
+            end = StreamEnd(ShuttingDown())
         if end is not None:
             await channel.send(end)
 

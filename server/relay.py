@@ -31,7 +31,14 @@ import trio
 
 from .admission import Slots
 from .chat_request import ChatRequest
-from .errors import SluiceError, TooManyRequests, UpstreamStatusError, UpstreamTimeout
+from .errors import (
+    ShuttingDown,
+    SluiceError,
+    TooManyRequests,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .pump import ChannelItem, PumpContext, PumpStats, pump_upstream
 from .response import AsgiResponse, ASGISend, Headers
@@ -55,6 +62,7 @@ class StreamPlan:
     received_at: float  # trio.current_time() when the request arrived
     pump: PumpContext  # routes, retry policy, ...
     slots: Slots  # the gateway's admission slots
+    lifecycle: Lifecycle  # draining, and the signal that stops streams at its end
     weight: int  # slots this request holds for its whole life
     buffer: int  # channel size between the upstream reader and the writer
     write_body: BodyWriter  # the response's format: SSE chunks, one completion, ...
@@ -74,9 +82,10 @@ async def serve_stream(
     outcome = "cancelled"
     held = 0
     metrics.active_streams.inc()
+    plan.lifecycle.stream_started()
     try:
         async with trio.open_nursery() as nursery:
-            watcher = await nursery.start(watch_disconnect, client_gone, response,
+            watcher = await nursery.start(watch_stream_end, client_gone, response,
                                           nursery.cancel_scope)
             with trio.move_on_after(plan.pump.queue_timeout):
                 await plan.slots.acquire(plan.weight)
@@ -87,11 +96,14 @@ async def serve_stream(
                 await response.fail(error)
             else:
                 items_in, items_out = trio.open_memory_channel[ChannelItem](plan.buffer)
-                nursery.start_soon(pump_upstream, plan.request, plan.pump, items_in, stats)
+                upstream = await nursery.start(pump_upstream, plan.request, plan.pump,
+                                               items_in, stats)
+                stopper = await nursery.start(stop_at_shutdown, plan.lifecycle.stop_streams,
+                                              upstream)
                 error = await plan.write_body(items_out, response)
-            watcher.cancel()
-        # Only the watcher cancels the stream's own scope: if it did, the client left.
-        outcome = "client_disconnect" if nursery.cancel_scope.cancelled_caught \
+                stopper.cancel()
+            watcher.cancel()  # the pump may still drain a finished upstream: let it
+        outcome = "client_disconnect" if client_gone.is_set() and not response.complete \
             else _outcome(error)
     finally:
         if held:
@@ -102,9 +114,23 @@ async def serve_stream(
             metrics.client_disconnects.inc()
         _record(plan, stats, outcome, error, metrics)
         metrics.active_streams.dec()
+        plan.lifecycle.stream_ended()
 
 
-async def watch_disconnect(
+async def stop_at_shutdown(
+    stop_streams: trio.Event,
+    upstream: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """At the end of a drain, stop the upstream side; the writer reports it in-band."""
+    with trio.CancelScope() as own_scope:
+        task_status.started(own_scope)
+        await stop_streams.wait()
+        upstream.cancel("server shutting down")
+
+
+async def watch_stream_end(
     client_gone: trio.Event,
     response: AsgiResponse,
     stream_scope: trio.CancelScope,
@@ -130,6 +156,8 @@ def _outcome(error: SluiceError | None) -> str:
         return "upstream_timeout"
     if isinstance(error, TooManyRequests):
         return "overloaded"
+    if isinstance(error, ShuttingDown):
+        return "shutdown"
     if isinstance(error, UpstreamStatusError) and not error.retryable:
         return "rejected"
     return "upstream_error"

@@ -19,13 +19,33 @@ disconnect watcher cancels it, closing the upstream. Keepalive comments mean
 a silent stream still has bytes in flight, so a dead client is noticed within
 ``keepalive_interval + send_stall_timeout``. Accepted sockets inherit the
 options from the listening socket (Linux).
+
+**Shutdown.** `run` replaces ``hypercorn.run.run`` for ``sluice serve``:
+with one worker it serves in-process (no forked master); with more it
+starts them and tells them to stop on SIGINT/SIGTERM. Each worker's
+shutdown trigger *drains* before hypercorn's own shutdown begins
+(`server.lifecycle`): ``/readyz`` turns 503 and new chat requests get a
+retryable 503 while the worker still listens (so load balancers notice),
+live streams get ``drain_seconds`` to finish, then each remaining stream
+ends with a retryable in-band "server shutting down" and its upstream is
+closed. Only then does the trigger return: hypercorn stops listening and
+gives the stopped streams ``DRAIN_MARGIN`` seconds for their last writes.
+(Under plain ``hypercorn`` there is no drain: ``--graceful-timeout`` is all.)
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import signal
 import socket
+from functools import partial
+from multiprocessing.synchronize import Event as ProcessEvent
+from typing import Any
 
+import trio
 from hypercorn.config import Config, Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import check_multiprocess_shutdown_event, wrap_app
 
 APP_PATH = "server.app:app"
 
@@ -65,9 +85,62 @@ def hypercorn_config(
     config.workers = workers
     config.worker_class = "trio"
     config.application_path = APP_PATH
-    config.graceful_timeout = 30.0  # live streams get this long to finish at shutdown
+    config.graceful_timeout = 30.0  # `run` drains first, then needs only DRAIN_MARGIN
     config.backlog = 2048
     config.keep_alive_timeout = 75.0  # longer than common load balancers' idle timeouts
     config.accesslog = None
     config.errorlog = "-"
     return config
+
+
+# After the drain, how long hypercorn lets the stopped streams write their last event.
+DRAIN_MARGIN = 5.0
+
+
+def run(config: StreamingConfig, drain_seconds: float) -> int:
+    """Serve until SIGINT/SIGTERM, then drain; return the exit code."""
+    config.graceful_timeout = DRAIN_MARGIN  # after the drain, which our trigger runs
+    sockets = config.create_sockets()
+    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+        sock.listen(config.backlog)
+    if config.workers <= 1:
+        serve_worker(config, sockets, None, drain_seconds)
+        return 0
+    context = multiprocessing.get_context("spawn")
+    shutdown = context.Event()
+    workers = [
+        context.Process(target=serve_worker, args=(config, sockets, shutdown, drain_seconds))
+        for _ in range(config.workers)
+    ]
+
+    def stop(*_: Any) -> None:
+        shutdown.set()
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the workers inherit this: we decide
+    for worker in workers:
+        worker.start()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for worker in workers:
+        worker.join()
+    return max((w.exitcode or 0 for w in workers), default=0)
+
+
+def serve_worker(config: StreamingConfig, sockets: Sockets, shutdown: ProcessEvent | None,
+                 drain_seconds: float) -> None:
+    """One worker process: the app under hypercorn's trio server, draining on shutdown."""
+    from .app import app  # built here, in the worker, from $SLUICE_CONFIG
+
+    gateway = app.extensions["sluice.gateway"]
+
+    async def drain_then_stop() -> None:
+        if shutdown is None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    break
+        else:
+            await check_multiprocess_shutdown_event(shutdown, trio.sleep)
+        await gateway.lifecycle.drain(drain_seconds)
+
+    trio.run(partial(worker_serve, wrap_app(app, config.wsgi_max_body_size, "asgi"), config,
+                     sockets=sockets, shutdown_trigger=drain_then_stop))

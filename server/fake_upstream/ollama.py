@@ -20,8 +20,9 @@ words). `Scenario` faults apply as in the OpenAI mode — ``status`` (with
 ``error_message``; a 404 says the model was not found), ``retry_after``,
 ``first_delay``, ``tps``, ``cut_after``, ``stall_after``, ``malformed_after``
 (a ``{not json`` line), ``error_event_after`` (an ``{"error": ...}`` line,
-then the body ends), ``omit_finish``/``no_done`` (no ``done`` line),
-``reset_before_headers``, ``no_response``, ``crlf``, ``split_writes``; the SSE
+then the body ends), ``omit_finish`` (no ``done`` line), ``no_done`` (NDJSON's
+counterpart of a missing ``[DONE]``: the ``done`` line comes without its
+newline), ``reset_before_headers``, ``no_response``, ``crlf``, ``split_writes``; the SSE
 quirks (``keepalive_comments``, ``timestamps``) and ``error_code`` do not
 apply. A non-streamed request gets one JSON object, with the same faults as
 the OpenAI mode's non-streamed answer.
@@ -262,8 +263,9 @@ def _stream(s: Scenario, chat: OllamaChat, facts: ResponseFacts) -> Iterator[Ste
             return
     if chat.tool is not None:
         yield from emit(lines.tool_call(chat.tool))
-    if not (s.omit_finish or s.no_done):
-        yield from emit(lines.done(chat.done_reason(s.tokens), chat.prompt_tokens, n - start))
+    if not s.omit_finish:
+        done = lines.done(chat.done_reason(s.tokens), chat.prompt_tokens, n - start)
+        yield from emit(done.removesuffix(lines.eol) if s.no_done else done)
     yield LAST_CHUNK
 
 
