@@ -7,10 +7,12 @@ saw (requests received, connections closed).
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import trio
 
@@ -357,3 +359,70 @@ async def test_per_client_rate_limit(primary: FakeUpstream, fallback: FakeUpstre
         error = httpx.Response(429, content=third.raw).json()["error"]
         assert error["code"] == "rate_limit_exceeded"
         assert len(primary.requests) == 2  # the refused request never went upstream
+
+
+# ------------------------------------------------------------------ nothing leaks
+
+CUTS = 1000
+CONCURRENCY = 100
+
+
+async def test_a_thousand_random_client_cuts_leave_nothing_behind(
+    primary: FakeUpstream, fallback: FakeUpstream
+) -> None:
+    """Clients leave at random moments — before the first token, mid-stream, at the end."""
+    rng = random.Random(20261121)
+    primary.scenario = Scenario(tokens=30, tps=300)
+    primary.script.extend(Scenario(tokens=30, tps=300, first_delay=rng.choice([0, 0.02, 0.05]))
+                          for _ in range(CUTS))
+    settings = two_tier(primary, fallback, primary_extra={"max_concurrency": CONCURRENCY},
+                        admission={"max_streams": CONCURRENCY})
+    limiter = trio.CapacityLimiter(CONCURRENCY)
+    read_counts: list[int] = []
+
+    async def one(address: tuple[str, int], stop_after: int, leave_after: float) -> None:
+        # Raw sockets: a thousand httpx clients would spend seconds of CPU on set-up
+        # alone, in the very process whose timers are under test.
+        body = orjson.dumps(chat_body())
+        async with limiter:
+            with trio.move_on_after(leave_after):  # some leave before anything arrives
+                stream = await trio.open_tcp_stream(*address)
+                async with stream:
+                    await stream.send_all(
+                        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                        % (len(body), body))
+                    received = b""
+                    while received.count(b"data: ") < stop_after and \
+                            not received.endswith(b"0\r\n\r\n"):
+                        data = await stream.receive_some()
+                        if not data:
+                            break
+                        received += data
+                    read_counts.append(received.count(b"data: "))
+
+    async with running_sluice(settings) as sluice:
+        host, port = sluice.base_url.removeprefix("http://").split(":")
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for _ in range(CUTS):
+                    nursery.start_soon(one, (host, int(port)), rng.randint(0, 32),
+                                       rng.choice([0.02, 0.1, 0.3, 5.0]))
+        await sluice.settle()
+        assert sluice.sample("sluice_admission_slots_used") == 0
+        assert sluice.sample("sluice_backend_in_flight", backend="primary") == 0
+        assert sluice.sample("sluice_active_streams") == 0
+        # Every kind of ending happened: cut before the upstream answered, cut
+        # mid-stream, completed.
+        assert sluice.sample("sluice_upstream_requests_total", backend="primary",
+                             outcome="cancelled") > CUTS / 10
+        assert sluice.sample("sluice_upstream_requests_total", backend="primary",
+                             outcome="completed") >= 5
+        assert sluice.sample("sluice_client_disconnects_total") > CUTS / 4
+    # Completed streams left their connections in Sluice's pool for reuse; once the
+    # pool is closed (serving ended), not one upstream connection may remain open.
+    with trio.fail_after(PROMPTLY):
+        await primary.wait_all_closed()
+    assert primary.open_connections == 0
+    assert len(primary.requests) > CUTS / 5  # the rest left before reaching it
+    assert any(0 < n < 30 for n in read_counts)  # some were cut mid-stream
