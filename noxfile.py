@@ -39,7 +39,8 @@ def lint(session: nox.Session) -> None:
     # Not ASYNC124 (Quart views are async by contract) nor ASYNC127 (the design
     # card names httpx).
     session.run("flake8", "--select=ASYNC1,ASYNC2", "--extend-ignore=ASYNC124,ASYNC127",
-                "--startable-in-context-manager=watch_disconnect,serve",
+                "--startable-in-context-manager="
+                "watch_stream_end,stop_at_shutdown,pump_upstream,serve",
                 "server", "tests", "examples")
 
 

@@ -15,6 +15,7 @@ install answers `/v1/chat/completions` with no model server at all.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -121,6 +122,23 @@ class AdmissionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CorsSettings:
+    """Which other origins' pages may call ``/v1/*`` and ``/chat`` from a browser."""
+
+    allow_origins: tuple[str, ...] = ()  # exact ``scheme://host[:port]``s, or ("*",)
+    allow_methods: tuple[str, ...] = ("GET", "POST")
+    allow_headers: tuple[str, ...] = ("Authorization", "Content-Type", "X-Request-ID")
+    max_age: int = 600  # seconds a browser may cache a preflight answer
+
+
+@dataclass(frozen=True, slots=True)
+class ChatApiSettings:
+    """The browser-friendly ``/chat`` endpoint."""
+
+    default_model: str | None = None  # when a request names none; None: the first model
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     backends: tuple[BackendSettings, ...]
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -128,6 +146,8 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)
+    chat: ChatApiSettings = field(default_factory=ChatApiSettings)
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -161,6 +181,8 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
     retry = _retry(table.table("retry"))
     breaker = _breaker(table.table("breaker"))
     admission = _admission(table.table("admission"))
+    cors = _cors(table.table("cors"))
+    chat_table = table.table("chat")  # read once the backends are known
     raw_backends: list[Any] | None = table.take("backends", list, None)
     table.finish()
     if not raw_backends:
@@ -174,7 +196,8 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
         if name in names[:i]:
             raise ConfigError(f"backends[{i}].name: duplicate backend name {name!r}")
     return Settings(backends=backends, server=server, timeouts=timeouts, retry=retry,
-                    breaker=breaker, admission=admission)
+                    breaker=breaker, admission=admission, cors=cors,
+                    chat=_chat(chat_table, backends))
 
 
 def _server(table: _Table) -> ServerSettings:
@@ -243,6 +266,51 @@ def _admission(table: _Table) -> AdmissionSettings:
                               f"({settings.max_streams}): no request could ever start")
     table.finish()
     return settings
+
+
+_ORIGIN = re.compile(r"https?://[^/?#\s@]+")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP method or header name
+
+
+def _cors(table: _Table) -> CorsSettings:
+    default = CorsSettings()
+    origins = tuple(o.lower() for o in _strings(table, "allow_origins", default.allow_origins))
+    for i, origin in enumerate(origins):
+        if origin == "*":
+            if len(origins) > 1:
+                raise ConfigError(f"{table.path}.allow_origins: '*' must be the only entry")
+        elif not _ORIGIN.fullmatch(origin):
+            raise ConfigError(f"{table.path}.allow_origins[{i}]: expected '*' or an origin "
+                              f"like 'https://app.example.com' (no path), got {origin!r}")
+    methods = tuple(m.upper() for m in _strings(table, "allow_methods", default.allow_methods))
+    headers = _strings(table, "allow_headers", default.allow_headers)
+    for key, values in (("allow_methods", methods), ("allow_headers", headers)):
+        for i, value in enumerate(values):
+            if not _TOKEN.fullmatch(value):
+                raise ConfigError(f"{table.path}.{key}[{i}]: not a valid name: {value!r}")
+    max_age = table.take("max_age", int, default.max_age)
+    if max_age < 0:
+        raise ConfigError(f"{table.path}.max_age: must be ≥ 0, got {max_age!r}")
+    table.finish()
+    return CorsSettings(allow_origins=origins, allow_methods=methods, allow_headers=headers,
+                        max_age=max_age)
+
+
+def _strings(table: _Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    values: list[Any] | None = table.take(key, list, None)
+    if values is None:
+        return default
+    if not all(isinstance(v, str) and v for v in values):
+        raise ConfigError(f"{table.path}.{key}: expected a list of non-empty strings")
+    return tuple(values)
+
+
+def _chat(table: _Table, backends: tuple[BackendSettings, ...]) -> ChatApiSettings:
+    model = table.take("default_model", str, None, _non_empty)
+    if model is not None and not any(b.serves(model) for b in backends):
+        raise ConfigError(f"{table.path}.default_model: no backend serves {model!r}")
+    table.finish()
+    return ChatApiSettings(default_model=model)
 
 
 def _timeouts(table: _Table, inherited: Timeouts) -> Timeouts:

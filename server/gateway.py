@@ -36,8 +36,10 @@ from .admission import Slots
 from .asgi import SluiceHTTPConnection, StreamResponse
 from .backends import open_backends
 from .backends.openai import api_key_from_env
+from .chat_api import register_chat_api
 from .chat_request import ChatRequest, parse_chat_request
 from .config import Settings
+from .cors import install_cors
 from .errors import (
     BodyTooLarge,
     ModelNotFound,
@@ -52,6 +54,7 @@ from .errors import (
 )
 from .lifecycle import Lifecycle
 from .metrics import Metrics
+from .page import register_page
 from .pump import PumpContext
 from .rate_limit import MemoryRateLimiter, RateLimiter
 from .relay import BodyWriter, StreamPlan
@@ -164,6 +167,9 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         failure.error_id = error_id
         return _error_response(failure)
 
+    register_chat_api(app, settings, gateway.stream_response)  # POST /chat
+    register_page(app)  # GET /
+    install_cors(app, settings.cors)
     app.extensions["sluice.metrics"] = metrics
     return app
 

@@ -339,7 +339,8 @@ def test_reply_tokens_must_be_positive(value: int) -> None:
     [
         ({"name": ""}, "backends[0].name: must not be empty"),
         ({"api_key_env": ""}, "backends[0].api_key_env: must not be empty"),
-        ({"kind": "vllm"}, "backends[0].kind: must be one of openai, simulated; got 'vllm'"),
+        ({"kind": "vllm"},
+         "backends[0].kind: must be one of openai, simulated, ollama; got 'vllm'"),
         ({"models": []}, "backends[0].models: expected a non-empty list of model names"),
         ({"models": ["a", ""]}, "backends[0].models: expected a non-empty list of model names"),
         ({"models": ["a", 1]}, "backends[0].models: expected a non-empty list of model names"),

@@ -45,6 +45,7 @@ from server.fake_upstream.http11 import (
     parse_head,
     response,
 )
+from server.fake_upstream.ollama import OllamaChat, plan_ollama_chat
 from server.fake_upstream.plan import (
     Control,
     ResponseFacts,
@@ -1214,3 +1215,248 @@ async def test_stopping_the_server_closes_its_connections() -> None:
 def test_base_url_needs_a_running_server() -> None:
     with pytest.raises(RuntimeError, match="has not started"):
         _ = FakeUpstream().base_url
+
+
+# --------------------------------------------------------------------------- Ollama mode
+
+OLLAMA_CHAT = "/api/chat"
+
+
+def ollama_json(stream: bool | None = None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "llama3.2",
+        "messages": [{"role": "user", "content": "say something nice"}],
+        **extra,
+    }
+    if stream is not None:
+        body["stream"] = stream
+    return body
+
+
+def ollama_plan(scenario: Scenario, **body: Any) -> Wire:
+    chat = OllamaChat.from_json(ollama_json(**body))
+    return decode(plan_ollama_chat(scenario, chat, facts()))
+
+
+def ndjson(body: bytes, eol: bytes = b"\n") -> list[dict[str, Any]]:
+    """Every line of an NDJSON body, parsed; each must end with `eol`."""
+    assert body.endswith(eol), body[-40:]
+    return [json.loads(line) for line in body.split(eol)[:-1]]
+
+
+def ollama_content(lines: Iterable[dict[str, Any]]) -> str:
+    return "".join(line["message"]["content"] for line in lines if "message" in line)
+
+
+async def read_ndjson(response: httpx.Response, into: list[dict[str, Any]]) -> None:
+    """Append each line of an NDJSON body, parsed (so a caller keeps them if reading fails)."""
+    lines = cast(AsyncGenerator[str, None], response.aiter_lines())
+    async with contextlib.aclosing(lines):
+        async for line in lines:
+            if line:
+                into.append(json.loads(line))
+
+
+def test_ollama_chat_request_reads_what_shapes_the_answer() -> None:
+    chat = OllamaChat.from_json(ollama_json(
+        options={"num_predict": 3, "temperature": 0.1}, think=True,
+        tools=[{"type": "function", "function": {"name": "get_weather"}}],
+        messages=[{"role": "user", "content": "one two"},
+                  {"role": "assistant", "content": "t0 t1"}]))
+    assert chat == OllamaChat(model="llama3.2", stream=True, max_tokens=3, prompt_tokens=4,
+                              think=True, tool="get_weather", prefill_tokens=2)
+    assert OllamaChat.from_json({}) == OllamaChat()  # Ollama streams unless told not to
+    assert OllamaChat.from_json(ollama_json(False, options={"num_predict": -1})) == \
+        OllamaChat(model="llama3.2", stream=False, prompt_tokens=3)
+    assert not OllamaChat.from_json(ollama_json(think=False)).think
+    assert OllamaChat.from_json(ollama_json(think="high")).think
+    assert (OllamaChat(max_tokens=2).done_reason(5), OllamaChat().done_reason(5)) == \
+        ("length", "stop")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ([], None),
+        ({"model": 3}, "model"),
+        ({"stream": "yes"}, "stream"),
+        ({"options": [1]}, "options"),
+        ({"options": {"num_predict": "3"}}, "options.num_predict"),
+        ({"options": {"num_predict": True}}, "options.num_predict"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": ["hi"]}, "messages"),
+    ],
+)
+def test_ollama_chat_request_rejects(body: object, param: str | None) -> None:
+    with pytest.raises(InvalidChatRequest) as info:
+        OllamaChat.from_json(body)
+    assert info.value.param == param
+
+
+def test_ollama_stream_plan_is_ndjson_with_a_done_line() -> None:
+    wire = ollama_plan(Scenario(tokens=3))
+    assert (wire.status, wire.complete, wire.controls) == (200, True, [])
+    assert wire.headers["content-type"] == "application/x-ndjson"
+    assert wire.headers["transfer-encoding"] == "chunked"
+    lines = ndjson(wire.body)
+    assert len(lines) == 4
+    assert [line["message"]["content"] for line in lines] == ["t0 ", "t1 ", "t2 ", ""]
+    assert [line["done"] for line in lines] == [False, False, False, True]
+    assert {line["model"] for line in lines} == {"llama3.2"}
+    assert {line["created_at"] for line in lines} == {"2023-11-14T22:13:20.000000Z"}
+    done = lines[-1]
+    assert (done["done_reason"], done["prompt_eval_count"], done["eval_count"]) == ("stop", 3, 3)
+    assert {"total_duration", "load_duration", "eval_duration"} <= set(done)
+    assert all("error" not in line for line in lines)
+
+
+def test_ollama_num_predict_caps_with_length() -> None:
+    lines = ndjson(ollama_plan(Scenario(tokens=5), options={"num_predict": 2}).body)
+    assert ollama_content(lines) == "t0 t1 "
+    assert (lines[-1]["done_reason"], lines[-1]["eval_count"]) == ("length", 2)
+
+
+def test_ollama_thinking_tool_call_and_prefill() -> None:
+    lines = ndjson(ollama_plan(
+        Scenario(tokens=3), think=True,
+        tools=[{"type": "function", "function": {"name": "get_weather"}}],
+        messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "t0"}],
+    ).body)
+    assert [line["message"].get("thinking") for line in lines[:2]] == ["r0 ", "r1 "]
+    assert ollama_content(lines) == "t1 t2 "  # continues after the prefilled "t0"
+    assert lines[-2]["message"]["tool_calls"] == [
+        {"function": {"index": 0, "name": "get_weather", "arguments": {"fake": True}}}]
+    assert lines[-1]["done"] and lines[-1]["eval_count"] == 2
+
+
+def test_ollama_stream_faults() -> None:
+    cut = ollama_plan(Scenario(tokens=5, cut_after=2))
+    assert (cut.complete, cut.controls) == (False, [Control.CUT])
+    assert ollama_content(ndjson(cut.body)) == "t0 t1 "
+    stall = ollama_plan(Scenario(tokens=5, stall_after=1))
+    assert (stall.complete, stall.controls) == (False, [Control.STALL])
+    malformed = ollama_plan(Scenario(tokens=3, malformed_after=1))
+    assert malformed.complete
+    raw = malformed.body.split(b"\n")[:-1]
+    assert raw[1] == b"{not json"
+    assert ollama_content(json.loads(r) for r in raw[:1] + raw[2:]) == "t0 t1 t2 "
+    exploded = ollama_plan(Scenario(tokens=5, error_event_after=2))
+    assert exploded.complete
+    assert ndjson(exploded.body)[-1] == {"error": "upstream exploded"}
+    assert b'"done":true' not in exploded.body
+    omit = ollama_plan(Scenario(tokens=2, omit_finish=True))
+    assert omit.complete
+    assert [line["done"] for line in ndjson(omit.body)] == [False, False]
+    no_newline = ollama_plan(Scenario(tokens=2, no_done=True))
+    assert no_newline.complete
+    assert no_newline.body == ollama_plan(Scenario(tokens=2)).body.removesuffix(b"\n")
+    assert json.loads(no_newline.body.rsplit(b"\n", 1)[1])["done"] is True
+
+
+def test_ollama_pace_crlf_and_split_writes() -> None:
+    assert ollama_plan(Scenario(tokens=3, tps=4, first_delay=0.5)).controls == \
+        [SleepUntil(0.5), SleepUntil(0.75), SleepUntil(1.0)]
+    crlf = ollama_plan(Scenario(tokens=2, crlf=True))
+    assert ollama_content(ndjson(crlf.body, b"\r\n")) == "t0 t1 "
+    split = ollama_plan(Scenario(tokens=2, split_writes=True))
+    whole = ollama_plan(Scenario(tokens=2))
+    assert split.body == whole.body
+    assert split.controls == [Control.FLUSH] * (2 * (len(whole.writes) - 2))
+
+
+def test_ollama_error_plans_use_ollamas_error_shape() -> None:
+    missing = ollama_plan(Scenario(status=404))
+    assert (missing.status, json.loads(missing.body)) == \
+        (404, {"error": "model 'llama3.2' not found"})
+    limited = ollama_plan(Scenario(status=503, retry_after=1.5, error_message="busy",
+                                   first_delay=0.2))
+    assert (limited.status, limited.headers["retry-after"]) == (503, "1.5")
+    assert json.loads(limited.body) == {"error": "busy"}
+    assert limited.controls == [SleepUntil(0.2)]
+    assert json.loads(ollama_plan(Scenario(status=500)).body) == \
+        {"error": "fake upstream: Internal Server Error"}
+    assert ollama_plan(Scenario(reset_before_headers=True)).controls == [Control.RESET]
+    assert ollama_plan(Scenario(no_response=True)).controls == [Control.STALL]
+
+
+def test_ollama_non_stream_plans() -> None:
+    wire = ollama_plan(Scenario(tokens=3, tps=10, first_delay=1), stream=False, think=True,
+                       options={"num_predict": 2})
+    assert wire.controls == [SleepUntil(1.1)]
+    assert wire.headers["content-type"] == "application/json"
+    body = json.loads(wire.body)
+    assert body["message"] == {"role": "assistant", "content": "t0 t1 ", "thinking": "r0 r1 "}
+    assert (body["done"], body["done_reason"], body["eval_count"]) == (True, "length", 2)
+    cut = ollama_plan(Scenario(tokens=5, tps=10, cut_after=3), stream=False)
+    assert (cut.writes, cut.controls) == ([], [SleepUntil(0.2), Control.CUT])
+    exploded = ollama_plan(Scenario(error_event_after=1), stream=False)
+    assert (exploded.status, json.loads(exploded.body)) == (500, {"error": "upstream exploded"})
+
+
+async def test_ollama_stream_over_http(fake: FakeUpstream) -> None:
+    async with httpx.AsyncClient(base_url=fake.origin, timeout=TEST_BOUND) as http:
+        with trio.fail_after(TEST_BOUND):
+            async with http.stream("POST", OLLAMA_CHAT, json=ollama_json()) as response:
+                assert response.headers["content-type"] == "application/x-ndjson"
+                lines: list[dict[str, Any]] = []
+                await read_ndjson(response, lines)
+            whole = await http.post(OLLAMA_CHAT, json=ollama_json(False))
+            tags = await http.get("/api/tags")
+    assert ollama_content(lines) == "t0 t1 t2 t3 t4 "
+    assert lines[-1]["done"] is True
+    assert whole.json()["message"]["content"] == "t0 t1 t2 t3 t4 "
+    assert tags.json()["models"][0]["name"] == "fake-model:latest"
+    assert [(r.method, r.path) for r in fake.requests] == \
+        [("POST", OLLAMA_CHAT), ("POST", OLLAMA_CHAT), ("GET", "/api/tags")]
+    assert fake.requests[0].json == ollama_json()
+    assert len(fake.connections) == 1  # kept alive across the three
+
+
+async def test_ollama_errors_script_and_methods_over_http(fake: FakeUpstream) -> None:
+    fake.script.extend([Scenario(status=404), Scenario(tokens=1)])
+    async with httpx.AsyncClient(base_url=fake.origin, timeout=TEST_BOUND) as http:
+        with trio.fail_after(TEST_BOUND):
+            missing = await http.post(OLLAMA_CHAT, json=ollama_json(False, model="nope"))
+            one = await http.post(OLLAMA_CHAT, json=ollama_json(False))
+            default = await http.post(OLLAMA_CHAT, json=ollama_json(False))
+            wrong_method = await http.get(OLLAMA_CHAT)
+            tags_post = await http.post("/api/tags", json={})
+            not_json = await http.post(OLLAMA_CHAT, content=b"{oops")
+    assert (missing.status_code, missing.json()) == (404, {"error": "model 'nope' not found"})
+    assert one.json()["message"]["content"] == "t0 "
+    assert default.json()["message"]["content"] == "t0 t1 t2 t3 t4 "
+    assert (wrong_method.status_code, tags_post.status_code) == (405, 405)
+    assert (not_json.status_code, set(not_json.json())) == (400, {"error"})
+    assert not fake.script
+
+
+async def test_ollama_cut_breaks_the_chunked_body(fake: FakeUpstream) -> None:
+    fake.scenario = Scenario(tokens=10, cut_after=3)
+    lines: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(base_url=fake.origin, timeout=TEST_BOUND) as http:
+        with trio.fail_after(TEST_BOUND):
+            with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+                async with http.stream("POST", OLLAMA_CHAT, json=ollama_json()) as response:
+                    await read_ndjson(response, lines)
+            await fake.wait_all_closed()
+    assert ollama_content(lines) == "t0 t1 t2 "
+    assert not any(line["done"] for line in lines)
+
+
+async def test_ollama_client_leaving_a_paced_stream_is_noticed_promptly(
+    fake: FakeUpstream,
+) -> None:
+    fake.scenario = Scenario(tokens=1000, tps=5)  # 200 ms between tokens > CLOSE_BOUND
+    async with httpx.AsyncClient(base_url=fake.origin, timeout=TEST_BOUND) as http:
+        with trio.fail_after(TEST_BOUND):
+            async with http.stream("POST", OLLAMA_CHAT, json=ollama_json()) as response:
+                lines = cast(AsyncGenerator[str, None], response.aiter_lines())
+                async with contextlib.aclosing(lines):
+                    first = await lines.__anext__()
+            left_at = trio.current_time()
+    assert json.loads(first)["message"]["content"] == "t0 "
+    with trio.fail_after(CLOSE_BOUND):
+        await fake.wait_all_closed()
+    closed_at = fake.connections[0].closed_at
+    assert closed_at is not None
+    assert closed_at - left_at < CLOSE_BOUND

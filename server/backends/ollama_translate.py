@@ -34,11 +34,12 @@ Request: what maps, and how
 
 Messages: ``developer`` becomes ``system``; content parts become one
 ``content`` (text parts joined by a blank line, as Ollama joins consecutive
-messages) plus ``images`` (base64 from
-``data:`` URLs — Sluice never fetches a remote image, and Ollama cannot);
-an assistant's ``tool_calls`` get their JSON-string arguments parsed into
-objects; a ``tool`` message gets ``tool_name`` from the call it answers; an
-assistant's ``reasoning_content`` becomes ``thinking``.
+messages) plus ``images`` (base64 from ``data:`` URLs — Sluice never fetches
+a remote image, and Ollama cannot); an assistant's ``tool_calls`` get their
+JSON-string arguments parsed into objects; a ``tool`` message gets
+``tool_name`` from the call it answers; an assistant's ``reasoning_content``
+becomes ``thinking``. A final assistant message goes as it is: Ollama
+continues it (a prefill), so ``continuation = "prefill"`` works with it.
 
 Dropped (Ollama has no equivalent): ``n`` (one choice always),
 ``logprobs``/``top_logprobs``, ``logit_bias``, ``user``, ``metadata``,
