@@ -130,6 +130,7 @@ async def _serve(
     budget_ends = trio.current_time() + policy.budget
     excluded: set[str] = set()  # backends that failed this request
     route: Route | None = None
+    slot_held = False  # a slot of `route` taken while waiting for one
     retries_here = 0
     last_error: SluiceError | None = None
     while True:
@@ -144,14 +145,15 @@ async def _serve(
             if stats.attempts >= policy.max_attempts or trio.current_time() >= budget_ends:
                 return StreamEnd(last_error or _exhausted())
             if route is None:
-                route = await _wait_for_route(context, excluded)
+                route, slot_held = await _wait_for_route(context, excluded)
                 if route is None:
                     return StreamEnd(last_error or _exhausted(context))
             attempt_request = request
         stats.attempts += 1
         committed_before = stats.committed
         end = await _attempt(route, attempt_request, channel, stats, context,
-                             budget_ends, continuing=committed_before)
+                             budget_ends, continuing=committed_before, slot_held=slot_held)
+        slot_held = False
         if end is None or end.error is None:
             return end  # complete (None: the clean end was sent already)
         error = end.error
@@ -181,22 +183,25 @@ async def _serve(
             route, retries_here = None, 0
 
 
-async def _wait_for_route(context: PumpContext, excluded: set[str]) -> Route | None:
-    """A usable route with a free slot, waiting up to ``queue_timeout`` for a slot."""
+async def _wait_for_route(context: PumpContext,
+                          excluded: set[str]) -> tuple[Route | None, bool]:
+    """A usable route, and whether a slot of it is already held for the attempt.
+
+    When every usable backend is at its ``max_concurrency``, wait in line for
+    the least busy one, up to ``queue_timeout``, and keep the slot we got.
+    """
     now = trio.current_time()
     route = pick(context.routes, excluded, now, context.rng)
     if route is not None:
-        return route
-    # Nothing free: is anything usable at all, only busy?
+        return route, False
     busy = pick(context.routes, excluded, now, context.rng, need_room=False)
     if busy is None:
-        return None
-    busy.breaker.abandon()  # `pick` may have taken its probe; we are not using it yet
+        return None, False
     with trio.move_on_after(context.queue_timeout):
         await busy.limiter.acquire()
-        busy.limiter.release()  # the attempt takes its own slot right after
-        return busy
-    return None
+        return busy, True
+    busy.breaker.abandon()  # if `pick` took its half-open probe, give it back
+    return None, False
 
 
 def _continuation_route(context: PumpContext, excluded: set[str],
@@ -230,14 +235,23 @@ async def _attempt(
     budget_ends: float,
     *,
     continuing: bool,
+    slot_held: bool,
 ) -> StreamEnd | None:
     """One upstream request; it holds a slot of its backend for its whole life."""
     metrics = context.metrics
     outcome = "cancelled"
-    try:
-        route.limiter.acquire_nowait()
-    except trio.WouldBlock:
-        await route.limiter.acquire()  # lost a race for the last slot: a short wait
+    if not slot_held:
+        try:
+            route.limiter.acquire_nowait()
+        except trio.WouldBlock:
+            # Taken since `pick` saw it free (a retry after a sleep, a continuation):
+            # wait for it like anyone else, within the queue bound.
+            with trio.move_on_after(context.queue_timeout):
+                await route.limiter.acquire()
+                slot_held = True
+            if not slot_held:
+                route.breaker.abandon()
+                return StreamEnd(_exhausted(context))
     try:
         end = await _relay(route, request, channel, stats, budget_ends, continuing=continuing)
         error = None if end is None else end.error
