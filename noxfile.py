@@ -26,7 +26,9 @@ def tests(session: nox.Session) -> None:
     """The whole test suite against real sockets (includes the >60 s stream test)."""
     session.install("-e", ".")
     _install_group(session, "test")
-    session.run("pytest", *session.posargs)
+    # The browser tests have their own session (they need Chromium); here they
+    # would run only when it happens to be installed.
+    session.run("pytest", "--ignore=tests/browser", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -51,6 +53,16 @@ def typecheck(session: nox.Session) -> None:
     _install_group(session, "typecheck")
     session.install("nox")
     session.run("mypy", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def browser(session: nox.Session) -> None:
+    """The page in headless Chromium against a live Sluice (needs Debian's chromium +
+    chromium-driver; `.ci/run` installs them). Fails, rather than skips, without them."""
+    session.install("-e", ".")
+    _install_group(session, "test")
+    session.run("pytest", "tests/browser", *session.posargs,
+                env={"SLUICE_REQUIRE_BROWSER": "1"})
 
 
 @nox.session(python=PYTHON)
