@@ -38,7 +38,7 @@ import orjson
 import trio
 from quart import Quart, Response, request
 
-from .chat_request import ChatRequest, parse_chat_request
+from .chat_request import ChatRequest, json_object, parse_chat_request
 from .chat_writers import write_chat_events, write_chat_json
 from .config import Settings
 from .errors import RequestError
@@ -67,12 +67,7 @@ class ChatApiRequest:
 
 
 def parse_chat_api_request(raw: bytes, default_model: str | None) -> ChatApiRequest:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise RequestError(f"The request body is not valid JSON: {error.msg}.") from None
-    if not isinstance(body, dict):
-        raise RequestError("The request body must be a JSON object.")
+    body = json_object(raw)
 
     conversation = body.get("conversation")
     if conversation is None:

@@ -57,13 +57,19 @@ class ChatRequest:
                            body=body)
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object (every JSON endpoint's first check)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise RequestError(f"The request body is not valid JSON: {error.msg}.") from None
     if not isinstance(body, dict):
         raise RequestError("The request body must be a JSON object.")
+    return body
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    body = json_object(raw)
 
     model = body.get("model")
     if model is None:

@@ -38,7 +38,8 @@ from .chunks import inspect_chunk
 from .errors import SluiceError
 from .pump import ChannelItem
 from .response import AsgiResponse
-from .sse import KEEPALIVE, frame
+from .sse import frame
+from .writers import receive_batch
 
 _WORD = re.compile(r"\S+")
 
@@ -159,34 +160,24 @@ async def write_chat_events(
     transcript = ChatTranscript(model, received_at)
     with items:
         while True:
-            item: ChannelItem | None = None
-            with trio.move_on_after(keepalive_interval):
-                item = await items.receive()
-            if item is None:
-                await response.write(KEEPALIVE)
-                continue
+            payloads, end = await receive_batch(items, response, keepalive_interval)
             body: list[bytes] = []
-            while isinstance(item, bytes):
-                content = transcript.add(inspect_chunk(item)[1])
+            for payload in payloads:
+                content = transcript.add(inspect_chunk(payload)[1])
                 if content:
                     event = transcript.delta_event(content, trio.current_time(), _now())
                     body.append(frame(orjson.dumps(event)))
-                try:
-                    item = items.receive_nowait()
-                except trio.WouldBlock:
-                    item = None
-                    break
-            if item is None:
+            if end is None:
                 if body:
                     await response.write(b"".join(body))
                 continue
-            if item.error is not None and not (response.started or body):
-                await response.fail(item.error)  # nothing sent yet: a real status
+            if end.error is not None and not (response.started or body):
+                await response.fail(end.error)  # nothing sent yet: a real status
             else:
-                done = transcript.done_event(trio.current_time(), _now(), item.error)
+                done = transcript.done_event(trio.current_time(), _now(), end.error)
                 body.append(frame(orjson.dumps(done)))
                 await response.finish(b"".join(body))
-            return item.error
+            return end.error
 
 
 async def write_chat_json(

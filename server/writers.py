@@ -16,7 +16,7 @@ import trio
 from .aggregate import CompletionBuilder
 from .chunks import error_event_payload, inspect_chunk
 from .errors import SluiceError
-from .pump import ChannelItem
+from .pump import ChannelItem, StreamEnd
 from .response import AsgiResponse
 from .sse import DONE_EVENT, KEEPALIVE, frame
 
@@ -35,32 +35,45 @@ async def write_sse(
     """
     with items:
         while True:
-            item: ChannelItem | None = None
-            with trio.move_on_after(keepalive_interval):
-                item = await items.receive()
-            if item is None:
-                await response.write(KEEPALIVE)
-                continue
-            body: list[bytes] = []
-            while isinstance(item, bytes):
-                body.append(frame(item))
-                try:
-                    item = items.receive_nowait()
-                except trio.WouldBlock:
-                    item = None
-                    break
-            if item is None:
+            payloads, end = await receive_batch(items, response, keepalive_interval)
+            body = [frame(payload) for payload in payloads]
+            if end is None:
                 await response.write(b"".join(body))
-                continue
-            if item.error is None:
+            elif end.error is None:
                 body.append(DONE_EVENT)
                 await response.finish(b"".join(body))
+                return None
             elif response.started or body:
-                body.append(frame(error_event_payload(item.error)))
+                body.append(frame(error_event_payload(end.error)))
                 await response.finish(b"".join(body))
+                return end.error
             else:
-                await response.fail(item.error)
-            return item.error
+                await response.fail(end.error)
+                return end.error
+
+
+async def receive_batch(
+    items: trio.MemoryReceiveChannel[ChannelItem],
+    response: AsgiResponse,
+    keepalive_interval: float,
+) -> tuple[list[bytes], StreamEnd | None]:
+    """Wait for the next item, sending keepalives meanwhile; take all that already waits.
+
+    Returns the chunk payloads in order, and the `StreamEnd` if it came too.
+    """
+    while True:
+        with trio.move_on_after(keepalive_interval):
+            item = await items.receive()
+            break
+        await response.write(KEEPALIVE)  # silence: one comment line, no blank line
+    payloads: list[bytes] = []
+    while isinstance(item, bytes):
+        payloads.append(item)
+        try:
+            item = items.receive_nowait()
+        except trio.WouldBlock:
+            return payloads, None
+    return payloads, item
 
 
 async def write_completion(
