@@ -131,6 +131,10 @@ async def _assert_cleaned_up(sluice: RunningSluice, upstream: FakeUpstream,
         (Scenario(status=500), 502, None),
         (Scenario(status=503), 502, None),
         (Scenario(reset_before_headers=True), 502, None),
+        # llama.cpp's server reports some failures as 200 with an empty body, or with
+        # an error event before any content: neither is a successful answer.
+        (Scenario(empty_ok=True), 502, "stream_truncated"),
+        (Scenario(tokens=5, error_event_after=0), 502, None),
     ],
 )
 async def test_errors_before_the_first_byte_get_a_real_status(

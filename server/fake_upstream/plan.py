@@ -92,6 +92,9 @@ def plan_chat(scenario: Scenario, chat: ChatRequest, facts: ResponseFacts) -> It
         yield Control.STALL
     elif scenario.status is not None:
         yield _error_response(scenario, facts.keep_alive)
+    elif scenario.empty_ok:
+        yield response(200, [("content-type", "text/event-stream")], b"",
+                       keep_alive=facts.keep_alive)
     elif scenario.reject_prefill and chat.prefill_tokens:
         yield _error_response(replace(scenario, status=400, error_code="prefill_not_supported",
                                       error_message="continue_final_message is not supported"),

@@ -72,6 +72,8 @@ class Scenario:
     """Add a top-level ``sent_at`` (``time.time()``) to every content chunk."""
     reject_prefill: bool = False
     """Answer 400 to a request that asks to continue a final assistant message."""
+    empty_ok: bool = False
+    """Answer 200 with an empty body (how llama.cpp's server reports some failures)."""
 
     def __post_init__(self) -> None:
         problems = _validate(self)
