@@ -74,6 +74,23 @@ def examples(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Direct vs nginx vs Sluice, side by side (not in CI). `-- --quick` for ~2 min;
+    `-- --scenario stream-1000`; `-- --list`. Installs nginx with apt when root."""
+    session.install("-e", ".")
+    _install_group(session, "bench")
+    session.run("python", "-m", "tests.bench.run", "--out", "bench-results/", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def profile(session: nox.Session) -> None:
+    """py-spy on the Sluice worker under load (default: 1,000 streams)."""
+    session.install("-e", ".")
+    _install_group(session, "bench")
+    session.run("python", "-m", "tests.bench.profile", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def serve(session: nox.Session) -> None:
     """Serve the gateway on 127.0.0.1:8000 (pass `-- --config FILE` etc.)."""
     session.install("-e", ".")

@@ -1,0 +1,139 @@
+"""Sluice started with one bench-only tweak, to measure a hot-path idea before changing code.
+
+    python -m tests.bench.variants --variant gc-freeze --bind 127.0.0.1:8001 --config s.toml
+
+The launcher applies the tweak in its own process, builds ``server.app.app``
+there, and then calls the real ``sluice serve`` (`server.cli.main`), which
+serves one worker in-process — so what is served is exactly what ``sluice
+serve`` serves, plus the tweak. (Should ``sluice serve`` fork its worker
+again, the tweaks would not reach it; `processes.start_sluice` refuses such a
+variant rather than mislabel stock numbers.) Every variant keeps gc
+statistics — the time of each collection, from ``gc.callbacks`` — and
+appends them as one JSON line to ``$BENCH_GC_STATS`` on SIGUSR1; the load
+generator sends one at the start and one at the end of its window.
+
+- ``gc-stats``: no tweak: the stock app plus gc accounting (~1 µs per collection);
+- ``gc-freeze``: ``gc.freeze()`` once serving has started (backends open);
+- ``gc-tuned``: ``gc-freeze`` plus ``gc.set_threshold(50_000, 20, 1_000)``;
+- ``gc-off``: ``gc.disable()`` — the bound on what gc can cost;
+- ``shard-N``: each openai backend gets N httpx clients used round robin
+  (each with 1/N of the pool), to test httpcore's O(n²) pool scan;
+- ``lean-reader``: the openai backend reads upstream through `lean_reader`
+  (raw trio socket, own pool and de-chunking) instead of httpx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any, Self
+
+import httpx
+
+VARIANTS = ("gc-stats", "gc-freeze", "gc-tuned", "gc-off", "shard-16", "lean-reader")
+
+
+class ShardedClient(httpx.AsyncClient):
+    """Looks like one client to the openai backend; spreads streams over `shards`."""
+
+    def __init__(self, shards: list[httpx.AsyncClient]) -> None:
+        super().__init__()
+        self._shards = shards
+        self._next = 0
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        self._next = (self._next + 1) % len(self._shards)
+        return self._shards[self._next].stream(*args, **kwargs)
+
+    async def __aenter__(self) -> Self:
+        for shard in self._shards:
+            await shard.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        for shard in self._shards:
+            await shard.aclose()
+        await self.aclose()
+
+
+def shard_clients(count: int) -> None:
+    """Make `open_backends` open `count` httpx clients per openai backend."""
+    import server.backends as backends
+    from server.backends.openai import open_client as original
+
+    def open_sharded(max_connections: int, *args: Any, **kwargs: Any) -> httpx.AsyncClient:
+        per = max(1, max_connections // count)
+        return ShardedClient([original(per, *args, **kwargs) for _ in range(count)])
+
+    # `open_backends` looks the name up in its module at call time.
+    vars(backends)["open_client"] = open_sharded
+
+
+def install_gc_stats(path: str) -> None:
+    """Time every collection; append the totals to `path` as JSON on each SIGUSR1."""
+    totals = {"total_s": 0.0, "max_pause_s": 0.0, "collections": 0, "gen2": 0}
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        pause = time.perf_counter() - started[0]
+        totals["total_s"] += pause
+        totals["collections"] += 1
+        if info.get("generation") == 2:
+            totals["gen2"] += 1
+        totals["max_pause_s"] = max(totals["max_pause_s"], pause)
+
+    def dump(signum: int, frame: FrameType | None) -> None:
+        with open(path, "a") as out:
+            out.write(json.dumps({"t": time.time(), **totals}) + "\n")
+        totals["max_pause_s"] = 0.0  # the next dump reports the longest pause since this one
+
+    gc.callbacks.append(on_gc)
+    signal.signal(signal.SIGUSR1, dump)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.variants")
+    parser.add_argument("--variant", required=True)
+    parser.add_argument("--bind", default="127.0.0.1:8000")
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    variant: str = args.variant
+    if variant not in VARIANTS and not variant.startswith("shard-"):
+        parser.error(f"unknown variant {variant!r}")
+    os.environ["SLUICE_CONFIG"] = os.path.abspath(args.config)
+    if variant.startswith("shard-"):
+        shard_clients(int(variant.removeprefix("shard-")))
+    if variant == "lean-reader":
+        from .lean_reader import install
+
+        install()
+    if variant == "gc-off":
+        gc.disable()
+    if variant == "gc-tuned":
+        gc.set_threshold(50_000, 20, 1_000)
+
+    from server.app import app  # the same module object `sluice serve` will serve
+    from server.cli import main as sluice
+
+    install_gc_stats(os.environ.get("BENCH_GC_STATS", f"/tmp/sluice-gc-{os.getpid()}.jsonl"))
+    if variant in ("gc-freeze", "gc-tuned"):
+
+        @app.before_serving
+        async def freeze() -> None:
+            # Registered after the gateway's own hook: the backends are open by now.
+            gc.freeze()
+
+    return sluice(["serve", "--bind", args.bind, "--config", args.config])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
