@@ -35,7 +35,7 @@ from werkzeug.exceptions import HTTPException
 from .admission import Slots
 from .asgi import SluiceHTTPConnection, StreamResponse
 from .backends import open_backends
-from .backends.openai import api_key_from_env
+from .backends.http import api_key_from_env
 from .chat_api import register_chat_api
 from .chat_request import ChatRequest, parse_chat_request
 from .config import Settings

@@ -73,6 +73,8 @@ def settings_for(upstream_url: str, **overrides: Any) -> Settings:
         "backends": [{"name": "fake", "kind": "openai", "base_url": upstream_url,
                       "models": ["*"]}],
         "timeouts": timeouts,
+        # Retries wait briefly here: the suite tests what is retried, not how long.
+        "retry": {"retry_after_cap": 0.2, "backoff_base": 0.01, "backoff_max": 0.05},
         "server": overrides,
     }
     return parse_settings(document)

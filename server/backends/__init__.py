@@ -14,8 +14,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from ..config import Settings
 from .base import Backend
+from .http import api_key_from_env, open_clients
 from .ollama import OllamaBackend
-from .openai import OpenAIBackend, api_key_from_env, open_client
+from .openai import OpenAIBackend
 from .simulated import SimulatedBackend
 
 __all__ = ["Backend", "open_backends"]
@@ -32,10 +33,10 @@ async def open_backends(
                 backends.append(SimulatedBackend(backend))
             else:
                 key = api_key_from_env(backend, environ)
-                client = await stack.enter_async_context(open_client(
-                    settings.server.upstream_max_connections, backend.timeouts.connect))
-                if backend.kind == "ollama":
-                    backends.append(OllamaBackend(backend, client, key))
-                else:
-                    backends.append(OpenAIBackend(backend, client, key))
+                clients = await open_clients(
+                    stack, shards=settings.server.upstream_pool_shards,
+                    max_connections=settings.server.upstream_max_connections,
+                    connect_timeout=backend.timeouts.connect)
+                kind = OllamaBackend if backend.kind == "ollama" else OpenAIBackend
+                backends.append(kind(backend, clients, key))
         yield tuple(backends)

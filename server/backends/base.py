@@ -22,8 +22,7 @@ from ..config import BackendSettings
 
 
 class Backend(Protocol):
-    @property
-    def settings(self) -> BackendSettings: ...
+    settings: BackendSettings
 
     def open_stream(
         self, request: ChatRequest

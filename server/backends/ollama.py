@@ -28,61 +28,54 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import httpx
 
 from ..chat_request import ChatRequest
 from ..config import BackendSettings
-from ..errors import StreamCut, UpstreamStatusError, UpstreamTimeout, UpstreamUnavailable
+from ..errors import SluiceError
+from .http import HttpUpstream, raw_reads
 from .ollama_translate import NDJSONDecoder, OllamaStream, ollama_chat_body
-from .upstream_errors import MAX_ERROR_BODY, status_error
 
 
 class OllamaBackend:
-    def __init__(self, settings: BackendSettings, client: httpx.AsyncClient,
+    def __init__(self, settings: BackendSettings, clients: Sequence[httpx.AsyncClient],
                  api_key: str | None) -> None:
-        self._settings = settings
-        self._client = client
-        self._url = settings.base_url + "/api/chat"
-        self._headers = {"accept": "application/x-ndjson", "accept-encoding": "identity",
-                         "content-type": "application/json"}
+        self.settings = settings
+        headers = {"accept": "application/x-ndjson", "accept-encoding": "identity",
+                   "content-type": "application/json"}
         if api_key:  # Ollama itself takes none; a proxy in front of it, or ollama.com, may.
-            self._headers["authorization"] = f"Bearer {api_key}"
-        self._secrets = tuple(s for s in (settings.base_url, api_key) if s)
-
-    @property
-    def settings(self) -> BackendSettings:
-        return self._settings
-
-    def open_stream(
-        self, request: ChatRequest
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        return self._open_stream(request)
+            headers["authorization"] = f"Bearer {api_key}"
+        self._upstream = HttpUpstream(
+            clients, settings.base_url + "/api/chat", headers,
+            connect_timeout=settings.timeouts.connect,
+            secrets=tuple(s for s in (settings.base_url, api_key) if s))
 
     @asynccontextmanager
-    async def _open_stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
-        body = ollama_chat_body(request, self._settings.upstream_model)
+    async def open_stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
+        body = ollama_chat_body(request, self.settings.upstream_model)
         translator = OllamaStream(completion_id=f"chatcmpl-{secrets.token_hex(12)}",
                                   created=int(time.time()), model=request.model,
                                   include_usage=request.include_usage or not request.stream)
-        try:
-            async with self._client.stream(
-                "POST", self._url, json=body, headers=self._headers
-            ) as response:
-                if response.status_code >= 300:
-                    raise self._status_error(response, await _read_bounded(response))
-                async with aclosing(_payloads(response, translator)) as payloads:
-                    yield payloads
-        except httpx.ConnectTimeout:
-            raise UpstreamTimeout("connect", self._settings.timeouts.connect) from None
-        except httpx.HTTPError as error:
-            raise _unavailable(error) from None
 
-    def _status_error(self, response: httpx.Response, body: bytes) -> UpstreamStatusError:
-        error = status_error(response.status_code, body, response.headers.get("retry-after"),
-                             secrets=self._secrets)
+        async def payloads(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+            lines = NDJSONDecoder()
+            async for raw in raw_reads(response):
+                for line in lines.feed(raw):
+                    for payload in translator.translate(line):
+                        yield payload
+            for line in lines.close():  # the last line may come without its newline
+                for payload in translator.translate(line):
+                    yield payload
+
+        async with self._upstream.post(body, decode=payloads,
+                                       to_error=self._status_error) as chunks:
+            yield chunks
+
+    def _status_error(self, response: httpx.Response, body: bytes) -> SluiceError:
+        error = self._upstream.status_error(response, body)
         if (response.status_code == 404 and error.code is None
                 and "model" in error.public_message.lower()):
             # Ollama answers an unknown model with 404 {"error": "model 'x' not found"};
@@ -90,36 +83,3 @@ class OllamaBackend:
             error.code = "model_not_found"
             error.param = "model"
         return error
-
-
-async def _payloads(response: httpx.Response, translator: OllamaStream
-                    ) -> AsyncGenerator[bytes, None]:
-    lines = NDJSONDecoder()
-    try:
-        async for raw in response.aiter_raw():
-            for line in lines.feed(raw):
-                for payload in translator.translate(line):
-                    yield payload
-    except httpx.HTTPError as error:
-        raise StreamCut("The upstream stream broke off before it was complete.",
-                        detail=f"{type(error).__name__}: {error}") from None
-    for line in lines.close():  # the last line may come without its newline
-        for payload in translator.translate(line):
-            yield payload
-
-
-async def _read_bounded(response: httpx.Response) -> bytes:
-    body = b""
-    async for raw in response.aiter_raw():
-        body += raw
-        if len(body) >= MAX_ERROR_BODY:
-            break
-    return body
-
-
-def _unavailable(error: httpx.HTTPError) -> UpstreamUnavailable:
-    if isinstance(error, httpx.ConnectError):
-        message = "Could not connect to the upstream model server."
-    else:
-        message = "The connection to the upstream model server failed."
-    return UpstreamUnavailable(message, detail=f"{type(error).__name__}: {error}")

@@ -15,7 +15,7 @@ import hashlib
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -58,24 +58,15 @@ def prompt_token_estimate(messages: list[Any]) -> int:
 
 class SimulatedBackend:
     def __init__(self, settings: BackendSettings) -> None:
-        self._settings = settings
-
-    @property
-    def settings(self) -> BackendSettings:
-        return self._settings
-
-    def open_stream(
-        self, request: ChatRequest
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        return self._open_stream(request)
+        self.settings = settings
 
     @asynccontextmanager
-    async def _open_stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def open_stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
         async with aclosing(self._payloads(request)) as payloads:
             yield payloads
 
     async def _payloads(self, request: ChatRequest) -> AsyncGenerator[bytes, None]:
-        model = self._settings.simulated
+        model = self.settings.simulated
         messages: list[Any] = request.body["messages"]
         limit = model.reply_tokens
         finish = "stop"
