@@ -42,7 +42,7 @@ def lint(session: nox.Session) -> None:
     # card names httpx).
     session.run("flake8", "--select=ASYNC1,ASYNC2", "--extend-ignore=ASYNC124,ASYNC127",
                 "--startable-in-context-manager="
-                "watch_stream_end,stop_at_shutdown,pump_upstream,serve",
+                "serve",
                 "server", "tests", "examples")
 
 

@@ -50,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"sluice: configuration error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per upstream request: no
     config = hypercorn_config(args.bind, args.workers,
                               send_stall_timeout=settings.server.send_stall_timeout)
     return run(config, settings.server.drain_seconds)

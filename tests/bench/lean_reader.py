@@ -2,7 +2,7 @@
 
 The profile at 1,000 streams puts ~40% of the worker's CPU in httpx/httpcore
 (and h11 under it). To measure rather than guess what a leaner path would
-save, this variant replaces `OpenAIBackend._open_stream` with a raw-socket
+save, this variant replaces `OpenAIBackend.open_stream` with a raw-socket
 version: one trio ``SocketStream`` per stream taken from a plain list of idle
 keep-alive connections, the request written as one pre-formatted block, the
 response head parsed with one ``split``, the chunked body de-chunked by a
@@ -132,10 +132,10 @@ def install() -> None:
 
     @asynccontextmanager
     async def open_stream(self: Any, request: Any) -> AsyncIterator[AsyncIterator[bytes]]:
-        url = urlsplit(self._url)
+        url = urlsplit(self._upstream._url)
         address = (url.hostname or "127.0.0.1", url.port or 80)
-        body = orjson.dumps(request.upstream_body(self._settings.upstream_model))
-        extra = "".join(f"{k}: {v}\r\n" for k, v in self._headers.items())
+        body = orjson.dumps(request.upstream_body(self.settings.upstream_model))
+        extra = "".join(f"{k}: {v}\r\n" for k, v in self._upstream._headers.items())
         message = (f"POST {url.path} HTTP/1.1\r\nhost: {url.netloc}\r\n{extra}"
                    f"content-length: {len(body)}\r\n\r\n").encode("latin-1") + body
         state = {"reusable": False}
@@ -163,12 +163,12 @@ def install() -> None:
                 if status >= 300:
                     raise status_error(status, rest[:MAX_ERROR_BODY],
                                        headers.get(b"retry-after", b"").decode() or None,
-                                       secrets=self._secrets)
+                                       secrets=self._upstream.secrets)
                 raise UpstreamUnavailable("The upstream answered without a stream.",
                                           detail=f"status {status}, not chunked")
             if status >= 300:
                 raise status_error(status, b"", headers.get(b"retry-after", b"").decode()
-                                   or None, secrets=self._secrets)
+                                   or None, secrets=self._upstream.secrets)
             async with aclosing(payloads(stream, rest, state)) as items:
                 yield items
         except (_Broken, trio.BrokenResourceError, OSError) as error:
@@ -182,5 +182,5 @@ def install() -> None:
                 else:
                     stream.socket.close()
 
-    name = "_open_stream"  # a method of OpenAIBackend: replaced on the class, for every backend
+    name = "open_stream"  # a method of OpenAIBackend: replaced on the class, for every backend
     setattr(OpenAIBackend, name, open_stream)

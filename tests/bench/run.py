@@ -3,7 +3,7 @@
     python -m tests.bench.run --out bench-results/             # full set (~10 min)
     python -m tests.bench.run --quick                          # reduced set (~2 min)
     python -m tests.bench.run --scenario stream-1000 --scenario idle-10000
-    python -m tests.bench.run --quick --variants gc-stats,gc-freeze,shard-16
+    python -m tests.bench.run --quick --variants gc-stats,gc-freeze,shard-1
 
 For each scenario a fresh upstream, nginx and Sluice are started (so memory
 and gc state do not leak between scenarios); each target then gets the same

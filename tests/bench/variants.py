@@ -31,48 +31,34 @@ import os
 import signal
 import sys
 import time
+import tomllib
 from types import FrameType
-from typing import Any, Self
+from typing import Any
 
-import httpx
-
-VARIANTS = ("gc-stats", "gc-freeze", "gc-tuned", "gc-off", "shard-16", "lean-reader")
-
-
-class ShardedClient(httpx.AsyncClient):
-    """Looks like one client to the openai backend; spreads streams over `shards`."""
-
-    def __init__(self, shards: list[httpx.AsyncClient]) -> None:
-        super().__init__()
-        self._shards = shards
-        self._next = 0
-
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        self._next = (self._next + 1) % len(self._shards)
-        return self._shards[self._next].stream(*args, **kwargs)
-
-    async def __aenter__(self) -> Self:
-        for shard in self._shards:
-            await shard.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        for shard in self._shards:
-            await shard.aclose()
-        await self.aclose()
+# shard-N: N httpx clients per backend (Sluice's default is 16; shard-1 is one pool).
+VARIANTS = ("gc-stats", "gc-freeze", "gc-tuned", "gc-off", "shard-1", "lean-reader")
 
 
-def shard_clients(count: int) -> None:
-    """Make `open_backends` open `count` httpx clients per openai backend."""
-    import server.backends as backends
-    from server.backends.openai import open_client as original
+def shard_clients(count: int, config: str) -> str:
+    """A copy of the config with ``[server] upstream_pool_shards = count``; its path."""
+    with open(config, "rb") as file:
+        document = tomllib.load(file)
+    document.setdefault("server", {})["upstream_pool_shards"] = count
+    path = config + f".shard-{count}.toml"
+    with open(path, "w") as out:
+        out.write(_toml(document))
+    return path
 
-    def open_sharded(max_connections: int, *args: Any, **kwargs: Any) -> httpx.AsyncClient:
-        per = max(1, max_connections // count)
-        return ShardedClient([original(per, *args, **kwargs) for _ in range(count)])
 
-    # `open_backends` looks the name up in its module at call time.
-    vars(backends)["open_client"] = open_sharded
+def _toml(document: dict[str, Any]) -> str:
+    """Just enough TOML for the bench's generated configs (tables, arrays of tables)."""
+    lines: list[str] = []
+    for key, value in document.items():
+        tables = value if isinstance(value, list) else [value]
+        for table in tables:
+            lines.append(f"[[{key}]]" if isinstance(value, list) else f"[{key}]")
+            lines.extend(f"{k} = {json.dumps(v)}" for k, v in table.items())
+    return "\n".join(lines) + "\n"
 
 
 def install_gc_stats(path: str) -> None:
@@ -109,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     variant: str = args.variant
     if variant not in VARIANTS and not variant.startswith("shard-"):
         parser.error(f"unknown variant {variant!r}")
-    os.environ["SLUICE_CONFIG"] = os.path.abspath(args.config)
+    config = os.path.abspath(args.config)
     if variant.startswith("shard-"):
-        shard_clients(int(variant.removeprefix("shard-")))
+        config = shard_clients(int(variant.removeprefix("shard-")), config)
+    os.environ["SLUICE_CONFIG"] = config
     if variant == "lean-reader":
         from .lean_reader import install
 
@@ -132,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             # Registered after the gateway's own hook: the backends are open by now.
             gc.freeze()
 
-    return sluice(["serve", "--bind", args.bind, "--config", args.config])
+    return sluice(["serve", "--bind", args.bind, "--config", config])
 
 
 if __name__ == "__main__":
