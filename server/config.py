@@ -80,8 +80,7 @@ class ServerSettings:
     max_body_bytes: int = 4 * 1024 * 1024
     keepalive_interval: float = 15.0  # seconds of silence before `: keepalive`
     stream_buffer: int = 64  # events held between the upstream reader and the writer
-    upstream_max_connections: int = 1000
-    upstream_pool_shards: int = 16  # httpx clients per backend, sharing the connections
+    upstream_max_connections: int = 1000  # idle connections kept per backend for reuse
     send_stall_timeout: float = 60.0  # a client that accepts no bytes this long is dropped
     drain_seconds: float = 30.0  # at shutdown, how long live streams may run on
 
@@ -210,8 +209,6 @@ def _server(table: _Table) -> ServerSettings:
         upstream_max_connections=table.take(
             "upstream_max_connections", int, default.upstream_max_connections, _positive
         ),
-        upstream_pool_shards=table.take("upstream_pool_shards", int,
-                                        default.upstream_pool_shards, _positive),
         send_stall_timeout=table.number("send_stall_timeout", default.send_stall_timeout),
         drain_seconds=table.number("drain_seconds", default.drain_seconds, allow_zero=True),
     )

@@ -235,7 +235,7 @@ async def test_a_failure_before_the_first_token_has_a_real_status(
 
 @pytest.mark.parametrize(("scenario", "message", "code", "cause"), [
     (Scenario(tokens=6, cut_after=3), "before it was complete", "stream_truncated",
-     "peer closed connection"),
+     "the connection closed mid-body"),
     (Scenario(tokens=6, error_event_after=3), "reported an error mid-stream", None,
      "upstream error event"),
 ])

@@ -14,7 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from ..config import Settings
 from .base import Backend
-from .http import api_key_from_env, open_clients
+from .http import api_key_from_env
 from .ollama import OllamaBackend
 from .openai import OpenAIBackend
 from .simulated import SimulatedBackend
@@ -33,10 +33,8 @@ async def open_backends(
                 backends.append(SimulatedBackend(backend))
             else:
                 key = api_key_from_env(backend, environ)
-                clients = await open_clients(
-                    stack, shards=settings.server.upstream_pool_shards,
-                    max_connections=settings.server.upstream_max_connections,
-                    connect_timeout=backend.timeouts.connect)
                 kind = OllamaBackend if backend.kind == "ollama" else OpenAIBackend
-                backends.append(kind(backend, clients, key))
+                http = kind(backend, key, max_idle=settings.server.upstream_max_connections)
+                stack.callback(http.close)
+                backends.append(http)
         yield tuple(backends)

@@ -28,30 +28,31 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-
-import httpx
 
 from ..chat_request import ChatRequest
 from ..config import BackendSettings
 from ..errors import SluiceError
-from .http import HttpUpstream, raw_reads
+from .http import BodyReader, HttpUpstream
 from .ollama_translate import NDJSONDecoder, OllamaStream, ollama_chat_body
 
 
 class OllamaBackend:
-    def __init__(self, settings: BackendSettings, clients: Sequence[httpx.AsyncClient],
-                 api_key: str | None) -> None:
+    def __init__(self, settings: BackendSettings, api_key: str | None, *,
+                 max_idle: int) -> None:
         self.settings = settings
         headers = {"accept": "application/x-ndjson", "accept-encoding": "identity",
                    "content-type": "application/json"}
         if api_key:  # Ollama itself takes none; a proxy in front of it, or ollama.com, may.
             headers["authorization"] = f"Bearer {api_key}"
         self._upstream = HttpUpstream(
-            clients, settings.base_url + "/api/chat", headers,
-            connect_timeout=settings.timeouts.connect,
+            settings.base_url + "/api/chat", headers,
+            connect_timeout=settings.timeouts.connect, max_idle=max_idle,
             secrets=tuple(s for s in (settings.base_url, api_key) if s))
+
+    def close(self) -> None:
+        self._upstream.close()
 
     @asynccontextmanager
     async def open_stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -60,9 +61,9 @@ class OllamaBackend:
                                   created=int(time.time()), model=request.model,
                                   include_usage=request.include_usage or not request.stream)
 
-        async def payloads(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+        async def payloads(body: BodyReader) -> AsyncGenerator[bytes, None]:
             lines = NDJSONDecoder()
-            async for raw in raw_reads(response):
+            async for raw in body:
                 for line in lines.feed(raw):
                     for payload in translator.translate(line):
                         yield payload
@@ -74,9 +75,10 @@ class OllamaBackend:
                                        to_error=self._status_error) as chunks:
             yield chunks
 
-    def _status_error(self, response: httpx.Response, body: bytes) -> SluiceError:
-        error = self._upstream.status_error(response, body)
-        if (response.status_code == 404 and error.code is None
+    def _status_error(self, status: int, headers: Mapping[str, str],
+                      body: bytes) -> SluiceError:
+        error = self._upstream.status_error(status, headers, body)
+        if (status == 404 and error.code is None
                 and "model" in error.public_message.lower()):
             # Ollama answers an unknown model with 404 {"error": "model 'x' not found"};
             # give it OpenAI's code, so clients can tell it from a wrong URL.

@@ -13,21 +13,19 @@ the backend's ``api_key_env`` and goes nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
-
-import httpx
 
 from ..chat_request import ChatRequest
 from ..config import BackendSettings
 from ..errors import UpstreamUnavailable
 from ..sse import EventTooLarge, SSEDecoder
-from .http import HttpUpstream, raw_reads
+from .http import BodyReader, HttpUpstream
 
 
 class OpenAIBackend:
-    def __init__(self, settings: BackendSettings, clients: Sequence[httpx.AsyncClient],
-                 api_key: str | None) -> None:
+    def __init__(self, settings: BackendSettings, api_key: str | None, *,
+                 max_idle: int) -> None:
         self.settings = settings
         # identity: relay the bytes as they come, with no decompression on the hot path.
         headers = {"accept": "text/event-stream", "accept-encoding": "identity",
@@ -35,9 +33,12 @@ class OpenAIBackend:
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
         self._upstream = HttpUpstream(
-            clients, settings.base_url + "/chat/completions", headers,
-            connect_timeout=settings.timeouts.connect,
+            settings.base_url + "/chat/completions", headers,
+            connect_timeout=settings.timeouts.connect, max_idle=max_idle,
             secrets=tuple(s for s in (settings.base_url, api_key) if s))
+
+    def close(self) -> None:
+        self._upstream.close()
 
     @asynccontextmanager
     async def open_stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -46,10 +47,10 @@ class OpenAIBackend:
             yield payloads
 
 
-async def _sse_payloads(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+async def _sse_payloads(body: BodyReader) -> AsyncGenerator[bytes, None]:
     decoder = SSEDecoder()
     try:
-        async for raw in raw_reads(response):
+        async for raw in body:
             for payload in decoder.feed(raw):
                 yield payload
     except EventTooLarge as error:

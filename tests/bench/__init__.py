@@ -19,8 +19,8 @@ Modules, one concept each:
 - `processes`: starting, pinning and stopping the fake upstream, Sluice and nginx;
 - `scenarios`: what each scenario offers, full and ``--quick``;
 - `report`: the side-by-side tables and the JSON;
-- `variants`: Sluice with experimental start-up tweaks (gc, sharded pools,
-  `lean_reader`) — measured ideas for the hot path, not proposals as is;
+- `variants`: Sluice with experimental start-up tweaks (gc) — measured ideas
+  for the hot path, not proposals as is;
 - `run`, `profile`: the two entry points.
 
 No module here is named ``test_*``: pytest must not collect the benchmark.

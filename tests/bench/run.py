@@ -3,7 +3,7 @@
     python -m tests.bench.run --out bench-results/             # full set (~10 min)
     python -m tests.bench.run --quick                          # reduced set (~2 min)
     python -m tests.bench.run --scenario stream-1000 --scenario idle-10000
-    python -m tests.bench.run --quick --variants gc-stats,gc-freeze,shard-1
+    python -m tests.bench.run --quick --variants gc-stats,gc-off
 
 For each scenario a fresh upstream, nginx and Sluice are started (so memory
 and gc state do not leak between scenarios); each target then gets the same
@@ -75,8 +75,7 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--targets", default="direct,nginx,sluice",
                         help="comma-separated subset of direct,nginx,sluice")
     parser.add_argument("--variants", default="",
-                        help=f"extra Sluice columns with a start-up tweak: {', '.join(VARIANTS)}"
-                             " (shard-N for any N)")
+                        help=f"extra Sluice columns with a start-up tweak: {', '.join(VARIANTS)}")
     parser.add_argument("--loadgen", default="epoll", choices=DRIVERS,
                         help="load generator driver (default %(default)s)")
     parser.add_argument("--repeats", type=int, help="override every scenario's repeat count")
@@ -97,7 +96,7 @@ def parse_args(argv: list[str] | None) -> Options:
         parser.error(f"unknown targets {', '.join(sorted(unknown))}")
     variants = [v for v in args.variants.split(",") if v]
     for variant in variants:
-        if variant not in VARIANTS and not variant.startswith("shard-"):
+        if variant not in VARIANTS:
             parser.error(f"unknown variant {variant!r}")
     return Options(Path(args.out), args.quick, args.scenario, targets, variants, args.loadgen,
                    args.repeats, not args.no_install, args.upstream)

@@ -16,10 +16,10 @@ generator sends one at the start and one at the end of its window.
 - ``gc-freeze``: ``gc.freeze()`` once serving has started (backends open);
 - ``gc-tuned``: ``gc-freeze`` plus ``gc.set_threshold(50_000, 20, 1_000)``;
 - ``gc-off``: ``gc.disable()`` — the bound on what gc can cost;
-- ``shard-N``: each openai backend gets N httpx clients used round robin
-  (each with 1/N of the pool), to test httpcore's O(n²) pool scan;
-- ``lean-reader``: the openai backend reads upstream through `lean_reader`
-  (raw trio socket, own pool and de-chunking) instead of httpx.
+
+(``shard-N`` and ``lean-reader`` measured httpx with sharded pools and a
+raw-socket reader; the reader won and is now Sluice's transport,
+`server.backends.http`.)
 """
 
 from __future__ import annotations
@@ -31,34 +31,9 @@ import os
 import signal
 import sys
 import time
-import tomllib
 from types import FrameType
-from typing import Any
 
-# shard-N: N httpx clients per backend (Sluice's default is 16; shard-1 is one pool).
-VARIANTS = ("gc-stats", "gc-freeze", "gc-tuned", "gc-off", "shard-1", "lean-reader")
-
-
-def shard_clients(count: int, config: str) -> str:
-    """A copy of the config with ``[server] upstream_pool_shards = count``; its path."""
-    with open(config, "rb") as file:
-        document = tomllib.load(file)
-    document.setdefault("server", {})["upstream_pool_shards"] = count
-    path = config + f".shard-{count}.toml"
-    with open(path, "w") as out:
-        out.write(_toml(document))
-    return path
-
-
-def _toml(document: dict[str, Any]) -> str:
-    """Just enough TOML for the bench's generated configs (tables, arrays of tables)."""
-    lines: list[str] = []
-    for key, value in document.items():
-        tables = value if isinstance(value, list) else [value]
-        for table in tables:
-            lines.append(f"[[{key}]]" if isinstance(value, list) else f"[{key}]")
-            lines.extend(f"{k} = {json.dumps(v)}" for k, v in table.items())
-    return "\n".join(lines) + "\n"
+VARIANTS = ("gc-stats", "gc-freeze", "gc-tuned", "gc-off")
 
 
 def install_gc_stats(path: str) -> None:
@@ -93,16 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     args = parser.parse_args(argv)
     variant: str = args.variant
-    if variant not in VARIANTS and not variant.startswith("shard-"):
+    if variant not in VARIANTS:
         parser.error(f"unknown variant {variant!r}")
     config = os.path.abspath(args.config)
-    if variant.startswith("shard-"):
-        config = shard_clients(int(variant.removeprefix("shard-")), config)
     os.environ["SLUICE_CONFIG"] = config
-    if variant == "lean-reader":
-        from .lean_reader import install
-
-        install()
     if variant == "gc-off":
         gc.disable()
     if variant == "gc-tuned":
