@@ -326,3 +326,14 @@ async def test_a_stream_longer_than_sixty_seconds_completes(
     assert trio.current_time() - started > 60
     assert got.content == "".join(f"t{i} " for i in range(32))
     assert got.done
+
+
+async def test_finished_streams_reuse_the_upstream_connection(
+    sluice: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    """A stream read to its end leaves its connection idle; the next stream reuses it."""
+    for _ in range(3):
+        async with client.stream("POST", sluice.base_url + URL, json=chat_body()) as response:
+            assert (await receive_stream(response)).done
+    assert len(upstream.requests) == 3
+    assert [c.requests for c in upstream.connections] == [3]
