@@ -15,6 +15,7 @@ install answers `/v1/chat/completions` with no model server at all.
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -68,6 +69,7 @@ class BackendSettings:
     max_concurrency: int | None = None  # streams in flight to this backend
     continuation: Continuation = "none"  # "prefill": can continue a final assistant message
     upstream_model: str | None = None  # the model name sent upstream (default: the client's)
+    tls_ca_file: str | None = None  # PEM bundle to verify an https upstream (default: certifi)
     timeouts: Timeouts = field(default_factory=Timeouts)
     simulated: SimulatedModel = field(default_factory=SimulatedModel)
 
@@ -350,6 +352,7 @@ def _backend(table: _Table, timeouts: Timeouts) -> BackendSettings:
         continuation=table.take("continuation", str, "none",  # type: ignore[arg-type]
                                 _one_of(CONTINUATIONS)),
         upstream_model=table.take("upstream_model", str, None, _non_empty),
+        tls_ca_file=table.take("tls_ca_file", str, None, _readable_file),
         timeouts=_timeouts(table.table("timeouts"), timeouts),
     )
     simulated_keys = ("tokens_per_second", "first_token_delay", "reply_tokens")
@@ -447,6 +450,11 @@ def _type_name(kind: type) -> str:
 def _positive(path: str, value: int) -> None:
     if value <= 0:
         raise ConfigError(f"{path}: must be > 0, got {value!r}")
+
+
+def _readable_file(path: str, value: str) -> None:
+    if not os.path.isfile(value):
+        raise ConfigError(f"{path}: no such file: {value!r}")
 
 
 def _not_negative(path: str, value: int) -> None:

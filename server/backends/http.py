@@ -57,11 +57,12 @@ IDLE_EXPIRY = 30.0  # seconds an unused connection is kept for reuse
 
 class HttpUpstream:
     def __init__(self, url: str, headers: Mapping[str, str], *, connect_timeout: float,
-                 max_idle: int, secrets: tuple[str, ...]) -> None:
+                 max_idle: int, secrets: tuple[str, ...], ca_file: str | None = None) -> None:
         parts = urlsplit(url)
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._pool = ConnectionPool(parts.scheme, parts.hostname or "", parts.port,
-                                    connect_timeout=connect_timeout, max_idle=max_idle)
+                                    connect_timeout=connect_timeout, max_idle=max_idle,
+                                    ca_file=ca_file)
         self._authority = parts.netloc
         self._headers = dict(headers)
         self.secrets = secrets  # never shown to a client: redacted from relayed messages
@@ -179,10 +180,10 @@ class ConnectionPool:
     """Connections to one origin: opened on demand, idle ones kept (newest last) for reuse."""
 
     def __init__(self, scheme: str, host: str, port: int | None, *, connect_timeout: float,
-                 max_idle: int) -> None:
+                 max_idle: int, ca_file: str | None = None) -> None:
         self._host = host
         self._port = port or (443 if scheme == "https" else 80)
-        self._tls = _tls_context() if scheme == "https" else None
+        self._tls = _tls_context(ca_file) if scheme == "https" else None
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle
         self._idle: list[tuple[float, Stream]] = []
@@ -236,13 +237,16 @@ def _close_now(stream: Stream) -> None:
     tcp.socket.close()
 
 
-def _tls_context() -> ssl.SSLContext:
-    try:
-        import certifi  # httpx's CA bundle, installed with it
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Certificates verified, hostnames checked: against ``ca_file``, else certifi's bundle."""
+    if ca_file is None:
+        try:
+            import certifi  # the CA bundle httpx uses, installed with it
 
-        context = ssl.create_default_context(cafile=certifi.where())
-    except ImportError:  # pragma: no cover - certifi comes with httpx
-        context = ssl.create_default_context()
+            ca_file = certifi.where()
+        except ImportError:  # pragma: no cover - certifi comes with httpx
+            pass
+    context = ssl.create_default_context(cafile=ca_file)
     context.set_alpn_protocols(["http/1.1"])
     return context
 

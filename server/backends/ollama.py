@@ -49,7 +49,8 @@ class OllamaBackend:
         self._upstream = HttpUpstream(
             settings.base_url + "/api/chat", headers,
             connect_timeout=settings.timeouts.connect, max_idle=max_idle,
-            secrets=tuple(s for s in (settings.base_url, api_key) if s))
+            secrets=tuple(s for s in (settings.base_url, api_key) if s),
+            ca_file=settings.tls_ca_file)
 
     def close(self) -> None:
         self._upstream.close()
