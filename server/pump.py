@@ -313,7 +313,7 @@ async def _relay(
                         timer.deadline = math.inf  # the stream is complete; only drain now
                         with trio.move_on_after(_DRAIN_SECONDS):
                             async for _ in payloads:
-                                pass  # read to the end so httpx can reuse the connection
+                                pass  # read to the end so the connection can be reused
                         return None
                     facts, chunk = inspect_chunk(payload)
                     if facts.error is not None:
