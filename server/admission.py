@@ -8,19 +8,16 @@ included. The wait is bounded by the caller (`trio.fail_after`) and becomes
 a 429 with Retry-After instead of a hang.
 
     slots = Slots(total=1000)
-    with trio.fail_after(queue_timeout):
+    with trio.move_on_after(queue_timeout):
         await slots.acquire(weight)
+        held = weight
     try: ...
-    finally: slots.release(weight)
-
-(`hold` wraps exactly that.)
+    finally: slots.release(held)      # `server.relay.serve_stream` does exactly this
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import trio
 
@@ -66,11 +63,3 @@ class Slots:
             weight, event = self._waiters.popleft()
             self.used += weight
             event.set()
-
-    @asynccontextmanager
-    async def hold(self, weight: int) -> AsyncIterator[None]:
-        await self.acquire(weight)
-        try:
-            yield
-        finally:
-            self.release(weight)

@@ -3,8 +3,10 @@
 A relay forwards upstream bytes untouched; it reads each chunk only to learn
 the few facts the gateway acts on (`ChunkFacts`): does it carry content (the
 first one is the commit point and resets the idle timer), did a choice
-finish, is it an error event, does it carry usage. Parsing is one
-``orjson.loads`` (~1 µs for a typical chunk); nothing is re-serialised.
+finish, is it an error event. The parsed chunk comes back too, for the
+callers that need more (usage, the text a continuation resumes). Parsing is
+one ``orjson.loads`` (~1 µs for a typical chunk); nothing is re-serialised
+(a continuation's usage chunk excepted).
 
 The builders make the chunks of the simulated model and Sluice's own
 in-band error event.

@@ -192,7 +192,7 @@ class Gateway:
         self.rate_limiter: RateLimiter | None = None
         if admission.requests_per_minute > 0:
             self.rate_limiter = MemoryRateLimiter(admission.requests_per_minute, admission.burst)
-        metrics.watch(lambda: self.routes, self.slots)
+        metrics.watch(lambda: self.routes, self.slots, self.lifecycle)
 
     async def stream_response(self, chat: ChatRequest, write_body: BodyWriter,
                               received_at: float) -> StreamResponse:

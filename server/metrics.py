@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -18,6 +18,7 @@ from .breaker import STATE_VALUES
 
 if TYPE_CHECKING:
     from .admission import Slots
+    from .lifecycle import Lifecycle
     from .routing import Route
 
 # Streams run from milliseconds (errors) to many minutes (long generations).
@@ -42,9 +43,6 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.active_streams = Gauge(
-            "sluice_active_streams", "Streams (and aggregated requests) in flight.",
-            registry=r)
         self.client_disconnects = Counter(
             "sluice_client_disconnects", "Clients that left before their stream ended.",
             registry=r)
@@ -71,9 +69,10 @@ class Metrics:
         for outcome in OUTCOMES:  # export zeros, so rates exist before the first event
             self.stream_outcomes.labels(outcome)
 
-    def watch(self, routes: Callable[[], Iterable[Route]], slots: Slots) -> None:
-        """Export live backend and admission state, read at scrape time."""
-        self.registry.register(_LiveState(routes, slots))
+    def watch(self, routes: Callable[[], Iterable[Route]], slots: Slots,
+              lifecycle: Lifecycle) -> None:
+        """Export live stream, backend and admission state, read at scrape time."""
+        self.registry.register(_LiveState(routes, slots, lifecycle))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -82,11 +81,17 @@ class Metrics:
 class _LiveState(Collector):
     """Gauges computed when scraped: nothing to keep in step on the hot path."""
 
-    def __init__(self, routes: Callable[[], Iterable[Route]], slots: Slots) -> None:
+    def __init__(self, routes: Callable[[], Iterable[Route]], slots: Slots,
+                 lifecycle: Lifecycle) -> None:
         self._routes = routes
         self._slots = slots
+        self._lifecycle = lifecycle
 
     def collect(self) -> Iterator[Metric]:
+        # The lifecycle counts live streams for the drain; the gauge reads that count.
+        yield GaugeMetricFamily("sluice_active_streams",
+                                "Streams (and aggregated requests) in flight.",
+                                value=self._lifecycle.active.value)
         in_flight = GaugeMetricFamily(
             "sluice_backend_in_flight", "Upstream requests in flight per backend.",
             labels=["backend"])

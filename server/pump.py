@@ -72,8 +72,9 @@ class PumpStats:
 
     first_content_at: float | None = None
     chunks: int = 0
-    content_chunks: int = 0  # ≈ completion tokens relayed (one token per chunk is the norm)
     finished: bool = False
+    # Kept only when a backend of the model can continue a cut (`PumpContext.can_continue`):
+    content_chunks: int = 0  # ≈ completion tokens relayed (one token per chunk is the norm)
     tool_calls: bool = False
     text: list[str] = field(default_factory=list)  # content relayed, for a continuation
     served_by: str | None = None  # the backend of the first content chunk
@@ -95,6 +96,12 @@ class PumpContext:
     queue_timeout: float
     metrics: Metrics
     rng: random.Random
+    # Whether a cut could be continued at all; if not, the relayed text is not kept.
+    can_continue: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        capable = any(r.backend.settings.continuation == "prefill" for r in self.routes)
+        object.__setattr__(self, "can_continue", capable)
 
 
 async def pump_upstream(
@@ -253,7 +260,8 @@ async def _attempt(
                 route.breaker.abandon()
                 return StreamEnd(_exhausted(context))
     try:
-        end = await _relay(route, request, channel, stats, budget_ends, continuing=continuing)
+        end = await _relay(route, request, channel, stats, budget_ends, continuing=continuing,
+                           keep_text=context.can_continue)
         error = None if end is None else end.error
         outcome = _attempt_outcome(error)
         now = trio.current_time()
@@ -290,6 +298,7 @@ async def _relay(
     budget_ends: float,
     *,
     continuing: bool,
+    keep_text: bool,
 ) -> StreamEnd | None:
     """Relay one upstream stream; return how it ended, or None if the clean end was sent."""
     timeouts = route.backend.settings.timeouts
@@ -332,7 +341,8 @@ async def _relay(
                             # it was 8.6% of the worker's CPU. Re-arm only when it moved
                             # by more than 1% of the idle timeout.
                             timer.deadline = now + timeouts.idle
-                        _note_content(chunk, stats)
+                        if keep_text:  # only a continuation needs the text so far
+                            _note_content(chunk, stats)
                     elif not facts.finished and not _has_usage(chunk):
                         if continuing:
                             continue  # a continuation's own preamble: the client has one

@@ -83,7 +83,6 @@ async def serve_stream(
     held = 0
     upstream = trio.CancelScope()  # the pump's; the end of a drain cancels it
     watcher = trio.CancelScope()
-    metrics.active_streams.inc()
     plan.lifecycle.stream_started(upstream)
     try:
         async with trio.open_nursery() as nursery:
@@ -112,7 +111,6 @@ async def serve_stream(
         if outcome == "client_disconnect":
             metrics.client_disconnects.inc()
         _record(plan, stats, outcome, error, metrics)
-        metrics.active_streams.dec()
         plan.lifecycle.stream_ended(upstream)
 
 

@@ -18,6 +18,7 @@ import trio
 
 from server.config import Settings, parse_settings
 from server.fake_upstream import FakeUpstream, Scenario
+from server.pump import PumpContext, PumpStats, _continuation_route
 
 from .conftest import PROMPTLY, RunningSluice, chat_body, running_sluice
 from .sse_client import Received, receive_stream
@@ -203,6 +204,12 @@ async def test_a_cut_without_continuation_is_a_clean_in_band_error(
     assert got.content == "t0 t1 t2 "
     assert len(got.errors) == 1 and not got.done
     assert fallback.requests == []  # restarting would show a different answer
+    # A broken upstream connection is never pooled: it is closed, and nothing is held.
+    with trio.fail_after(PROMPTLY):
+        await primary.wait_all_closed()
+    await sluice.settle()
+    assert sluice.sample("sluice_admission_slots_used") == 0
+    assert sluice.sample("sluice_backend_in_flight", backend="primary") == 0
 
 
 async def test_a_missing_done_is_completed(
@@ -260,14 +267,10 @@ async def test_tool_call_streams_are_not_continued(
     primary: FakeUpstream, fallback: FakeUpstream
 ) -> None:
     """Tool-call arguments cannot be prefilled: a cut fails in-band instead."""
-    from server.pump import PumpStats, _continuation_route
-
     stats = PumpStats(first_content_at=1.0, tool_calls=True)
     settings = two_tier(primary, fallback, fallback_extra={"continuation": "prefill"})
     async with running_sluice(settings) as sluice:
         gateway = sluice.app.extensions["sluice.gateway"]
-        from server.pump import PumpContext
-
         context = PumpContext(routes=gateway.routes, policy=settings.retry, queue_timeout=1,
                               metrics=sluice.metrics, rng=gateway.rng)
         assert _continuation_route(context, set(), stats) is None

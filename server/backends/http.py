@@ -67,6 +67,24 @@ class HttpUpstream:
         self._headers = dict(headers)
         self.secrets = secrets  # never shown to a client: redacted from relayed messages
 
+    @classmethod
+    def for_backend(cls, settings: BackendSettings, path: str, *, accept: str,
+                    api_key: str | None, max_idle: int) -> HttpUpstream:
+        """The upstream of a configured backend: its URL, key, timeouts and CAs.
+
+        ``accept-encoding: identity``: relay the bytes as they come, with no
+        decompression on the hot path. The key (from ``api_key_env``) is the only
+        credential sent; the client's own headers never are.
+        """
+        headers = {"accept": accept, "accept-encoding": "identity",
+                   "content-type": "application/json"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        return cls(settings.base_url + path, headers,
+                   connect_timeout=settings.timeouts.connect, max_idle=max_idle,
+                   secrets=tuple(s for s in (settings.base_url, api_key) if s),
+                   ca_file=settings.tls_ca_file)
+
     def close(self) -> None:
         """Close the idle connections (when serving ends)."""
         self._pool.close()

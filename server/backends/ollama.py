@@ -42,15 +42,10 @@ class OllamaBackend:
     def __init__(self, settings: BackendSettings, api_key: str | None, *,
                  max_idle: int) -> None:
         self.settings = settings
-        headers = {"accept": "application/x-ndjson", "accept-encoding": "identity",
-                   "content-type": "application/json"}
-        if api_key:  # Ollama itself takes none; a proxy in front of it, or ollama.com, may.
-            headers["authorization"] = f"Bearer {api_key}"
-        self._upstream = HttpUpstream(
-            settings.base_url + "/api/chat", headers,
-            connect_timeout=settings.timeouts.connect, max_idle=max_idle,
-            secrets=tuple(s for s in (settings.base_url, api_key) if s),
-            ca_file=settings.tls_ca_file)
+        # Ollama itself takes no key; a proxy in front of it, or ollama.com, may.
+        self._upstream = HttpUpstream.for_backend(
+            settings, "/api/chat", accept="application/x-ndjson", api_key=api_key,
+            max_idle=max_idle)
 
     def close(self) -> None:
         self._upstream.close()

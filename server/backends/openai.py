@@ -27,16 +27,9 @@ class OpenAIBackend:
     def __init__(self, settings: BackendSettings, api_key: str | None, *,
                  max_idle: int) -> None:
         self.settings = settings
-        # identity: relay the bytes as they come, with no decompression on the hot path.
-        headers = {"accept": "text/event-stream", "accept-encoding": "identity",
-                   "content-type": "application/json"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self._upstream = HttpUpstream(
-            settings.base_url + "/chat/completions", headers,
-            connect_timeout=settings.timeouts.connect, max_idle=max_idle,
-            secrets=tuple(s for s in (settings.base_url, api_key) if s),
-            ca_file=settings.tls_ca_file)
+        self._upstream = HttpUpstream.for_backend(
+            settings, "/chat/completions", accept="text/event-stream", api_key=api_key,
+            max_idle=max_idle)
 
     def close(self) -> None:
         self._upstream.close()
