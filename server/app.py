@@ -4,12 +4,17 @@ Built at import from ``$SLUICE_CONFIG`` (or the embedded default). A bad
 configuration stops the process here with one line naming the key. Code that
 only wants the factory imports `server.gateway.create_app`, which reads no
 environment.
+
+Importing it also points hypercorn's trio server at `server.direct_write`,
+so plain ``hypercorn --worker-class trio server.app:app`` writes the way
+``sluice serve`` does (hypercorn imports the app before it starts serving).
 """
 
 from __future__ import annotations
 
 import os
 
+from . import direct_write
 from .config import ConfigError, load_settings
 from .gateway import SluiceApp, create_app
 
@@ -23,4 +28,5 @@ def _app_from_environment() -> SluiceApp:
         raise SystemExit(f"sluice: configuration error: {error}") from None
 
 
+direct_write.install()
 app = _app_from_environment()

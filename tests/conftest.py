@@ -26,11 +26,14 @@ import pytest
 import trio
 from hypercorn.trio import serve
 
+from server import direct_write
 from server.config import Settings, parse_settings
 from server.fake_upstream import FakeUpstream, Scenario
 from server.gateway import SluiceApp, create_app
 from server.metrics import Metrics
 from server.serving import hypercorn_config
+
+direct_write.install()  # as server.app does: the tests' server writes as `sluice serve` does
 
 # The upstream must see its connection closed this soon after the client left.
 CLOSE_BOUND = 0.1
