@@ -64,4 +64,4 @@ class DirectWriteTCPServer(TCPServer):
 
 def install() -> None:
     """Make hypercorn's trio ``worker_serve`` (and so ``hypercorn.trio.serve``) use it."""
-    hypercorn_trio_run.TCPServer = DirectWriteTCPServer  # type: ignore[misc]
+    hypercorn_trio_run.TCPServer = DirectWriteTCPServer  # type: ignore[attr-defined]
