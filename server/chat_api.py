@@ -54,8 +54,8 @@ class StreamOpener(Protocol):
     it raises (unknown model, rate limit) becomes the usual error response.
     """
 
-    def __call__(self, chat: ChatRequest, write_body: BodyWriter,
-                 received_at: float) -> Awaitable[Response]: ...
+    def __call__(self, chat: ChatRequest, write_body: BodyWriter, received_at: float, *,
+                 heartbeats: bool) -> Awaitable[Response]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +142,8 @@ def register_chat_api(app: Quart, settings: Settings, stream_response: StreamOpe
         model = parsed.chat.model
         write_body: BodyWriter
         if parsed.stream:
-            write_body = partial(write_chat_events, model=model, received_at=received_at,
-                                 keepalive_interval=settings.server.keepalive_interval)
+            write_body = partial(write_chat_events, model=model, received_at=received_at)
         else:
             write_body = partial(write_chat_json, model=model, received_at=received_at)
-        return await stream_response(parsed.chat, write_body, received_at)
+        return await stream_response(parsed.chat, write_body, received_at,
+                                     heartbeats=parsed.stream)

@@ -6,9 +6,8 @@ client reads differs. `ChatTranscript` is the pure part — it folds OpenAI
 chunks into the reply so far and shapes each event — and the writers add
 the clock and the ASGI sends:
 
-    write_body = partial(write_chat_events, model=model, received_at=t0,
-                         keepalive_interval=15.0)                  # stream: true
-    write_body = partial(write_chat_json, model=model, received_at=t0)   # stream: false
+    write_body = partial(write_chat_events, model=model, received_at=t0)  # stream: true
+    write_body = partial(write_chat_json, model=model, received_at=t0)    # stream: false
 
 One event per content delta, then one with ``"done": true``::
 
@@ -36,9 +35,9 @@ import trio
 
 from .chunks import inspect_chunk
 from .errors import SluiceError
-from .pump import ChannelItem
+from .pump import ChannelItem, Heartbeat
 from .response import AsgiResponse
-from .sse import frame
+from .sse import KEEPALIVE, frame
 from .writers import receive_batch
 
 _WORD = re.compile(r"\S+")
@@ -150,7 +149,6 @@ async def write_chat_events(
     *,
     model: str,
     received_at: float,
-    keepalive_interval: float,
 ) -> SluiceError | None:
     """Send one ``/chat`` event per content delta, then the done (or error) event.
 
@@ -160,7 +158,7 @@ async def write_chat_events(
     transcript = ChatTranscript(model, received_at)
     with items:
         while True:
-            payloads, end = await receive_batch(items, response, keepalive_interval)
+            payloads, end = await receive_batch(items)
             body: list[bytes] = []
             for payload in payloads:
                 content = transcript.add(inspect_chunk(payload)[1])
@@ -168,8 +166,8 @@ async def write_chat_events(
                     event = transcript.delta_event(content, trio.current_time(), _now())
                     body.append(frame(orjson.dumps(event)))
             if end is None:
-                if body:
-                    await response.write(b"".join(body))
+                if body or not payloads:  # nothing at all came: a heartbeat
+                    await response.write(b"".join(body) if body else KEEPALIVE)
                 continue
             if end.error is not None and not (response.started or body):
                 await response.fail(end.error)  # nothing sent yet: a real status
@@ -193,6 +191,8 @@ async def write_chat_json(
         async for item in items:
             if isinstance(item, bytes):
                 transcript.add(inspect_chunk(item)[1])
+            elif isinstance(item, Heartbeat):
+                continue  # a single reply sends nothing until the end
             elif item.error is not None:
                 await response.fail(item.error)
                 return item.error

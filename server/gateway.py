@@ -23,7 +23,6 @@ import re
 import secrets
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
-from functools import partial
 from typing import Any
 
 import orjson
@@ -115,11 +114,9 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     async def chat_completions() -> Response:
         received_at = trio.current_time()
         chat = parse_chat_request(await request.get_data(False, False, False))
-        write_body: BodyWriter = write_completion
-        if chat.stream:
-            write_body = partial(write_sse,
-                                 keepalive_interval=settings.server.keepalive_interval)
-        return await gateway.stream_response(chat, write_body, received_at)
+        write_body: BodyWriter = write_sse if chat.stream else write_completion
+        return await gateway.stream_response(chat, write_body, received_at,
+                                             heartbeats=chat.stream)
 
     @app.get("/v1/models")
     async def list_models() -> Response:
@@ -195,8 +192,12 @@ class Gateway:
         metrics.watch(lambda: self.routes, self.slots, self.lifecycle)
 
     async def stream_response(self, chat: ChatRequest, write_body: BodyWriter,
-                              received_at: float) -> StreamResponse:
-        """Check the client's rate limit and the model, then plan the stream."""
+                              received_at: float, *, heartbeats: bool) -> StreamResponse:
+        """Check the client's rate limit and the model, then plan the stream.
+
+        ``heartbeats``: the body format shows it is alive during silence (an SSE
+        keepalive comment) every ``keepalive_interval``; a buffered one cannot.
+        """
         if self.lifecycle.draining:
             raise ShuttingDown()
         if self.rate_limiter is not None:
@@ -221,6 +222,7 @@ class Gateway:
             weight=admission.stream_weight if chat.stream else admission.buffered_weight,
             buffer=self.settings.server.stream_buffer,
             write_body=write_body,
+            keepalive_interval=self.settings.server.keepalive_interval if heartbeats else None,
         )
         return StreamResponse(plan, self.metrics)
 

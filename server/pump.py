@@ -63,7 +63,15 @@ class StreamEnd:
     error: SluiceError | None = None
 
 
-ChannelItem = bytes | StreamEnd
+class Heartbeat:
+    """A channel item from the stream's watcher: the response has been silent too long."""
+
+    __slots__ = ()
+
+
+HEARTBEAT = Heartbeat()
+
+ChannelItem = bytes | StreamEnd | Heartbeat
 
 
 @dataclass(slots=True)

@@ -4,7 +4,8 @@
     │ pump_upstream ──► bounded memory channel ──► plan.write_body (server.writers) │──► ASGI send
     │ (owns the upstream    (backpressure)          (the nursery's own body)       │
     │  connection & timers)                                                        │
-    │ watch_disconnect: client gone ──► cancel("client disconnected")             │
+    │ watch_stream: client gone ──► cancel("client disconnected")                  │
+    │               silent for keepalive_interval ──► Heartbeat into the channel   │
     └──────────────────────────────────────────────────────────────────────────────┘
      scope exit: upstream connection closed, channel closed, gauge and metrics recorded
 
@@ -23,6 +24,7 @@ never looks complete.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,7 +42,7 @@ from .errors import (
 )
 from .lifecycle import Lifecycle
 from .metrics import Metrics
-from .pump import ChannelItem, PumpContext, PumpStats, pump_upstream
+from .pump import HEARTBEAT, ChannelItem, PumpContext, PumpStats, pump_upstream
 from .response import AsgiResponse, ASGISend, Headers
 
 log = logging.getLogger("sluice.stream")
@@ -66,6 +68,7 @@ class StreamPlan:
     weight: int  # slots this request holds for its whole life
     buffer: int  # channel size between the upstream reader and the writer
     write_body: BodyWriter  # the response's format: SSE chunks, one completion, ...
+    keepalive_interval: float | None  # silence before a heartbeat; None: the format has none
 
 
 async def serve_stream(
@@ -86,8 +89,10 @@ async def serve_stream(
     plan.lifecycle.stream_started(upstream)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_stream_end, client_gone, response, nursery.cancel_scope,
-                               watcher)
+            items_in, items_out = trio.open_memory_channel[ChannelItem](plan.buffer)
+            heartbeats = items_in.clone() if plan.keepalive_interval is not None else None
+            nursery.start_soon(watch_stream, client_gone, response, nursery.cancel_scope,
+                               watcher, heartbeats, plan.keepalive_interval)
             with trio.move_on_after(plan.pump.queue_timeout):
                 await plan.slots.acquire(plan.weight)
                 held = plan.weight
@@ -96,7 +101,6 @@ async def serve_stream(
                                         code="gateway_busy", retry_after=1.0)
                 await response.fail(error)
             else:
-                items_in, items_out = trio.open_memory_channel[ChannelItem](plan.buffer)
                 nursery.start_soon(pump_upstream, plan.request, plan.pump, items_in, stats,
                                    upstream)
                 error = await plan.write_body(items_out, response)
@@ -114,21 +118,48 @@ async def serve_stream(
         plan.lifecycle.stream_ended(upstream)
 
 
-async def watch_stream_end(
+async def watch_stream(
     client_gone: trio.Event,
     response: AsgiResponse,
     stream_scope: trio.CancelScope,
     own_scope: trio.CancelScope,
+    heartbeats: trio.MemorySendChannel[ChannelItem] | None,
+    keepalive_interval: float | None,
 ) -> None:
-    """Cancel the stream when the client leaves; cancel ``own_scope`` to stop watching.
+    """Watch the stream from outside: cancel it when the client leaves, nudge it when silent.
 
     hypercorn also reports ``http.disconnect`` once a response is complete:
     that is the normal end of an exchange, not a client leaving early.
+
+    When nothing has been written for ``keepalive_interval``, a `Heartbeat`
+    goes into the channel and the writer sends a keepalive. The writer's own
+    wait therefore needs no timer: one timer per interval here replaces a
+    cancel scope per written batch there. A full channel needs no heartbeat
+    (the writer is about to write). Cancel ``own_scope`` to stop watching.
     """
-    with own_scope:
-        await client_gone.wait()
-        if not response.complete:
-            stream_scope.cancel("client disconnected")
+    if heartbeats is None or keepalive_interval is None:
+        with own_scope:
+            await client_gone.wait()
+            if not response.complete:
+                stream_scope.cancel("client disconnected")
+        return
+    nudged_at = -math.inf
+    with own_scope, heartbeats:
+        while True:
+            with trio.move_on_at(max(response.last_write, nudged_at) + keepalive_interval):
+                await client_gone.wait()
+                if not response.complete:
+                    stream_scope.cancel("client disconnected")
+                return
+            now = trio.current_time()
+            if now >= max(response.last_write, nudged_at) + keepalive_interval:
+                nudged_at = now  # the writer has yet to act on it: don't nudge again at once
+                try:
+                    heartbeats.send_nowait(HEARTBEAT)
+                except trio.WouldBlock:
+                    pass  # chunks are waiting: the writer is about to write anyway
+                except trio.BrokenResourceError:
+                    return  # the writer has finished
 
 
 def _outcome(error: SluiceError | None) -> str:

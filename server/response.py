@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import trio
+
 from .errors import SluiceError, error_headers, openai_error_body
 
 ASGISend = Callable[[Any], Awaitable[None]]
@@ -26,13 +28,14 @@ SSE_HEADERS: Headers = [
 class AsgiResponse:
     """The ASGI response of one stream: start once, then body messages, then the end."""
 
-    __slots__ = ("_headers", "_send", "complete", "started")
+    __slots__ = ("_headers", "_send", "complete", "last_write", "started")
 
     def __init__(self, send: ASGISend, headers: Headers) -> None:
         self._send = send
         self._headers = headers
         self.started = False
         self.complete = False  # the last body message is being or has been sent
+        self.last_write = trio.current_time()  # when a body message last went out
 
     async def start(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         self.started = True
@@ -42,6 +45,7 @@ class AsgiResponse:
     async def write(self, data: bytes) -> None:
         if not self.started:
             await self.start(200, SSE_HEADERS)
+        self.last_write = trio.current_time()
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def finish(self, data: bytes) -> None:

@@ -12,9 +12,10 @@ import trio
 from server.chat_writers import ChatTranscript, timestamp, write_chat_events, write_chat_json
 from server.chunks import chunk_bytes
 from server.errors import SluiceError, StreamCut
-from server.pump import ChannelItem, StreamEnd
+from server.pump import HEARTBEAT, ChannelItem, StreamEnd
 from server.relay import BodyWriter
 from server.response import AsgiResponse
+from server.sse import KEEPALIVE
 
 WALL = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -126,8 +127,7 @@ def _events(sent: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def test_content_waiting_beside_an_error_is_sent_before_it() -> None:
     """Content and the error coalesced in one batch: the content is committed, so 200."""
     cut = StreamCut("The upstream stream ended before it was complete.")
-    writer = partial(write_chat_events, model="m", received_at=trio.current_time(),
-                     keepalive_interval=60.0)
+    writer = partial(write_chat_events, model="m", received_at=trio.current_time())
     sent, error = await _write(writer, [_chunk(), _chunk("a "), _chunk("b"), StreamEnd(cut)])
     assert error is cut
     assert sent[0]["status"] == 200
@@ -141,12 +141,19 @@ async def test_content_waiting_beside_an_error_is_sent_before_it() -> None:
 async def test_an_error_before_any_content_keeps_its_status() -> None:
     """The role preamble is no event: nothing was sent, so the error gets its own status."""
     cut = StreamCut("The upstream stream ended before it was complete.")
-    writer = partial(write_chat_events, model="m", received_at=trio.current_time(),
-                     keepalive_interval=60.0)
+    writer = partial(write_chat_events, model="m", received_at=trio.current_time())
     sent, error = await _write(writer, [_chunk(), StreamEnd(cut)])
     assert error is cut
     assert sent[0]["status"] == 502
     assert json.loads(sent[1]["body"])["error"]["error_id"] == cut.error_id
+
+
+async def test_heartbeats_waiting_beside_content_add_nothing() -> None:
+    writer = partial(write_chat_events, model="m", received_at=trio.current_time())
+    sent, error = await _write(writer, [HEARTBEAT, _chunk("a"), HEARTBEAT, StreamEnd()])
+    assert error is None
+    assert len(sent) == 2 and KEEPALIVE not in sent[1]["body"]
+    assert [e["content"] for e in _events(sent)] == ["a", ""]
 
 
 async def test_the_json_writer_sends_one_reply_with_its_length() -> None:
