@@ -69,7 +69,13 @@ def inspect_chunk(payload: bytes) -> tuple[ChunkFacts, dict[str, Any]]:
                         break
         if choice.get("finish_reason") is not None:
             finished = True
-    return ChunkFacts(content, finished, None), chunk
+    return _PLAIN_FACTS[content][finished], chunk
+
+
+# Facts without an error come in four kinds: share them (a frozen dataclass
+# costs ~1 µs to build, a measurable share of a relayed chunk).
+_PLAIN_FACTS = ((ChunkFacts(False, False, None), ChunkFacts(False, True, None)),
+                (ChunkFacts(True, False, None), ChunkFacts(True, True, None)))
 
 
 # ------------------------------------------------------------------ builders

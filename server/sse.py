@@ -52,6 +52,12 @@ class SSEDecoder:
         """Consume one read; return the payloads of the events it completed."""
         if not chunk:
             return []
+        if (self._started and not self._pending and not self._data and not self._skip_lf
+                and chunk.startswith(b"data: ") and chunk.find(b"\n") == len(chunk) - 2
+                and chunk.endswith(b"\n\n") and b"\r" not in chunk
+                and len(chunk) - 8 <= self._max_event_bytes):
+            # The common read: exactly one single-line event. Same result as below.
+            return [chunk[6:-2]]
         if self._skip_lf:
             # The previous read ended in CR, which already ended its line:
             # an LF right after it is the second half of that CRLF.

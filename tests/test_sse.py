@@ -411,3 +411,13 @@ def test_frame_multi_line() -> None:
 def test_frame_round_trips_explicit_payloads(payload: bytes) -> None:
     assert decode_whole(frame(payload)) == [payload]
     assert decode_whole(frame(payload) + frame(payload)) == [payload, payload]
+
+
+@given(payloads=st.lists(st.binary(max_size=60).filter(lambda b: b"\n" not in b and b"\r" not in b),
+                         min_size=1, max_size=10))
+def test_one_event_per_read_decodes_like_the_general_path(payloads: list[bytes]) -> None:
+    """After the first read, a read holding exactly one event takes `feed`'s short path."""
+    reads = [b"data: " + payload + b"\n\n" for payload in payloads]
+    one_at_a_time = SSEDecoder()
+    got = [event for read in reads for event in one_at_a_time.feed(read)]
+    assert got == payloads == SSEDecoder().feed(b"".join(reads))
