@@ -83,6 +83,15 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def scaling(session: nox.Session) -> None:
+    """How throughput scales with worker processes (~4 min; not in CI): 1 vs 2 workers."""
+    session.install("-e", ".")
+    _install_group(session, "bench")
+    session.run("python", "-m", "tests.bench.scaling", "--out", "bench-results/",
+                *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def profile(session: nox.Session) -> None:
     """py-spy on the Sluice worker under load (default: 1,000 streams)."""
     session.install("-e", ".")
