@@ -20,7 +20,6 @@ import logging
 import os
 import random
 import re
-import secrets
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from typing import Any
@@ -239,7 +238,12 @@ def _request_id(sent: str | None) -> str:
     """The client's X-Request-ID if it is sane, else a new one."""
     if sent and _REQUEST_ID.fullmatch(sent):
         return sent
-    return "req_" + secrets.token_hex(12)
+    return f"req_{_REQUEST_IDS.getrandbits(96):024x}"
+
+
+# Request IDs need to be unique, not secret: a seeded PRNG, not a getrandom()
+# system call per request (measured at ~1% of opening a stream).
+_REQUEST_IDS = random.Random()
 
 
 def _json(body: Any, status: int = 200) -> Response:
