@@ -50,8 +50,6 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"sluice: configuration error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # The format shows none of these: don't look them up for every record (a line per stream).
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     config = hypercorn_config(args.bind, args.workers,
                               send_stall_timeout=settings.server.send_stall_timeout)
     return run(config, settings.server.drain_seconds)
