@@ -8,9 +8,12 @@ included. The wait is bounded by the caller (`trio.fail_after`) and becomes
 a 429 with Retry-After instead of a hang.
 
     slots = Slots(total=1000)
-    with trio.move_on_after(queue_timeout):
-        await slots.acquire(weight)
+    if slots.try_acquire(weight):     # free: no wait, no timer, no trip through the scheduler
         held = weight
+    else:
+        with trio.move_on_after(queue_timeout):
+            await slots.acquire(weight)
+            held = weight
     try: ...
     finally: slots.release(held)      # `server.relay.serve_stream` does exactly this
 """
@@ -31,6 +34,13 @@ class Slots:
     @property
     def waiting(self) -> int:
         return len(self._waiters)
+
+    def try_acquire(self, weight: int) -> bool:
+        """Take ``weight`` slots if they are free and nobody is waiting; never waits."""
+        if self._waiters or self.used + weight > self.total:
+            return False
+        self.used += weight
+        return True
 
     async def acquire(self, weight: int) -> None:
         """Take ``weight`` slots, waiting in line (FIFO) if they are not free."""

@@ -326,7 +326,7 @@ async def _relay(
                         if not content_here and not stats.finished:
                             return StreamEnd(_cut("before any content"))
                         await _flush(preamble, channel, timer)
-                        await channel.send(StreamEnd())
+                        await _send(channel, StreamEnd(), timer)
                         timer.deadline = math.inf  # the stream is complete; only drain now
                         with trio.move_on_after(_DRAIN_SECONDS):
                             async for _ in payloads:

@@ -93,9 +93,12 @@ async def serve_stream(
             heartbeats = items_in.clone() if plan.keepalive_interval is not None else None
             nursery.start_soon(watch_stream, client_gone, response, nursery.cancel_scope,
                                watcher, heartbeats, plan.keepalive_interval)
-            with trio.move_on_after(plan.pump.queue_timeout):
-                await plan.slots.acquire(plan.weight)
-                held = plan.weight
+            if plan.slots.try_acquire(plan.weight):
+                held = plan.weight  # the common case: no timer, no wait
+            else:
+                with trio.move_on_after(plan.pump.queue_timeout):
+                    await plan.slots.acquire(plan.weight)
+                    held = plan.weight
             if not held:
                 error = TooManyRequests("The gateway is at capacity; retry shortly.",
                                         code="gateway_busy", retry_after=1.0)

@@ -98,15 +98,15 @@ class HttpUpstream:
                    to_error: ToError | None = None) -> AsyncIterator[AsyncIterator[bytes]]:
         message = request_bytes(self._target, self._authority, self._headers,
                                 orjson.dumps(body))
-        receiver, head = await self._exchange(message)
-        stream = receiver.stream
+        connection, head = await self._exchange(message)
+        stream = connection.stream
         reusable = False
         try:
             framing = BodyFraming.for_head(head) if head.status < 300 else None
             if framing is None:
-                error_body = await _read_bounded(receiver, head)
+                error_body = await _read_bounded(connection, head)
                 raise (to_error or self.status_error)(head.status, head.headers, error_body)
-            async with aclosing(decode(BodyReader(receiver, head.rest, framing))) as payloads:
+            async with aclosing(decode(BodyReader(connection, head.rest, framing))) as payloads:
                 yield payloads
             reusable = framing.reusable and head.keep_alive
         except ProtocolError as error:
@@ -118,7 +118,7 @@ class HttpUpstream:
             else:
                 _close_now(stream)  # mid-body: this is what tells the model server to stop
 
-    async def _exchange(self, message: bytes) -> tuple[Receiver, Head]:
+    async def _exchange(self, message: bytes) -> tuple[Connection, Head]:
         """Send the request and read the response head, on a pooled connection if one is idle.
 
         A pooled connection the server closed meanwhile fails before any byte
@@ -128,14 +128,14 @@ class HttpUpstream:
             stream, reused = await self._pool.connect(fresh=fresh)
             received = b""
             try:
-                await stream.send_all(message)
-                receiver = Receiver(stream)
+                connection = Connection(stream)
+                await connection.send_all(message)
                 while (head := parse_head(received)) is None:
-                    data = await receiver.receive_some()
+                    data = await connection.receive_some()
                     if not data:
                         raise trio.BrokenResourceError("closed before the response head")
                     received += data
-                return receiver, head
+                return connection, head
             except (trio.BrokenResourceError, OSError) as error:
                 _close_now(stream)
                 if reused and not received:
@@ -153,10 +153,15 @@ class HttpUpstream:
         raise AssertionError("unreachable: a fresh connection is never retried")
 
 
-class Receiver:
-    """Reads one connection with as few trio operations per read as the socket allows.
+class Connection:
+    """One upstream exchange's socket, used with as few trio operations as it allows.
 
-    trio's `SocketStream.receive_some` tries ``recv`` first and waits only if
+    **Writing** the request: one ``os.write`` takes it whole on a plain-TCP
+    socket (a request is small and the send buffer empty); trio's
+    ``send_all`` (a conflict detector, an error-translating context manager,
+    a trip through the scheduler) only finishes what the kernel did not take.
+
+    **Reading**: trio's `SocketStream.receive_some` tries ``recv`` first and waits only if
     that fails. An upstream sends one small chunk at a time, so the socket is
     almost always empty when the relay asks: each chunk cost a failed
     ``recv``, a wait, a second ``recv`` and a context manager around each
@@ -165,7 +170,7 @@ class Receiver:
     readiness first; a plain-TCP socket is then read with one ``os.read``.
     (The wait is the checkpoint; a read straight after a full one
     checkpoints explicitly, so a fast upstream cannot starve other tasks.)
-    TLS streams are read the ordinary way.
+    TLS streams are written and read the ordinary way.
     """
 
     __slots__ = ("_drained", "_fd", "stream")
@@ -174,6 +179,17 @@ class Receiver:
         self.stream = stream
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self._drained = True  # a request has just been sent: nothing is there yet
+
+    async def send_all(self, data: bytes) -> None:
+        if self._fd >= 0:
+            try:
+                sent = os.write(self._fd, data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        await self.stream.send_all(data)
 
     async def receive_some(self) -> bytes:
         """Up to `RECEIVE_BYTES`; ``b""`` at end of stream."""
@@ -203,10 +219,10 @@ class BodyReader:
     ``async for`` was using.
     """
 
-    __slots__ = ("_framing", "_receiver", "_rest")
+    __slots__ = ("_connection", "_framing", "_rest")
 
-    def __init__(self, receiver: Receiver, rest: bytes, framing: BodyFraming) -> None:
-        self._receiver = receiver
+    def __init__(self, connection: Connection, rest: bytes, framing: BodyFraming) -> None:
+        self._connection = connection
         self._rest = rest
         self._framing = framing
 
@@ -220,7 +236,7 @@ class BodyReader:
                 data, self._rest = self._rest, b""
             else:
                 try:
-                    data = await self._receiver.receive_some()
+                    data = await self._connection.receive_some()
                 except (trio.BrokenResourceError, OSError) as error:
                     raise _cut(f"{type(error).__name__}: {error}") from None
                 if not data:
@@ -258,8 +274,7 @@ class ConnectionPool:
         while self._idle and not fresh:
             since, stream = self._idle.pop()
             if now - since < IDLE_EXPIRY:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return stream, True
+                return stream, True  # no checkpoint after taking it: sending will checkpoint
             _close_now(stream)
         try:
             with trio.fail_after(self._connect_timeout):
@@ -316,9 +331,9 @@ def _cut(detail: str) -> StreamCut:
     return StreamCut("The upstream stream broke off before it was complete.", detail=detail)
 
 
-async def _read_bounded(receiver: Receiver, head: Head) -> bytes:
+async def _read_bounded(connection: Connection, head: Head) -> bytes:
     """An error response's body, up to `MAX_ERROR_BODY`; the connection is not reused."""
-    reader = BodyReader(receiver, head.rest, BodyFraming.for_head(head))
+    reader = BodyReader(connection, head.rest, BodyFraming.for_head(head))
     body = b""
     try:
         async for data in reader:
