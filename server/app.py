@@ -5,7 +5,7 @@ configuration stops the process here with one line naming the key. Code that
 only wants the factory imports `server.gateway.create_app`, which reads no
 environment.
 
-Importing it also points hypercorn's trio server at `server.direct_write`,
+Importing it also points hypercorn's trio server at `server.tcp_server`,
 so plain ``hypercorn --worker-class trio server.app:app`` writes the way
 ``sluice serve`` does (hypercorn imports the app before it starts serving).
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from . import direct_write
+from . import tcp_server
 from .config import ConfigError, load_settings
 from .gateway import SluiceApp, create_app
 
@@ -28,5 +28,5 @@ def _app_from_environment() -> SluiceApp:
         raise SystemExit(f"sluice: configuration error: {error}") from None
 
 
-direct_write.install()
+tcp_server.install()
 app = _app_from_environment()

@@ -26,14 +26,14 @@ import pytest
 import trio
 from hypercorn.trio import serve
 
-from server import direct_write
+from server import tcp_server
 from server.config import Settings, parse_settings
 from server.fake_upstream import FakeUpstream, Scenario
 from server.gateway import SluiceApp, create_app
 from server.metrics import Metrics
 from server.serving import hypercorn_config
 
-direct_write.install()  # as server.app does: the tests' server writes as `sluice serve` does
+tcp_server.install()  # as server.app does: the tests' server is the one `sluice serve` runs
 
 # The upstream must see its connection closed this soon after the client left.
 CLOSE_BOUND = 0.1
@@ -85,12 +85,15 @@ def settings_for(upstream_url: str, **overrides: Any) -> Settings:
 
 @asynccontextmanager
 async def running_sluice(
-    settings: Settings, environ: dict[str, str] | None = None, bind: str = "127.0.0.1:0"
+    settings: Settings, environ: dict[str, str] | None = None, bind: str = "127.0.0.1:0",
+    keep_alive_timeout: float | None = None,
 ) -> AsyncIterator[RunningSluice]:
     """Sluice under hypercorn on a free loopback port, shut down gracefully on exit."""
     app = create_app(settings, environ=environ or {})
     config = hypercorn_config(bind,
                               send_stall_timeout=settings.server.send_stall_timeout)
+    if keep_alive_timeout is not None:
+        config.keep_alive_timeout = keep_alive_timeout
     config.errorlog = None
     config.graceful_timeout = SHUTDOWN_GRACE
     shutdown = trio.Event()
