@@ -35,10 +35,10 @@ import trio
 
 from .chunks import inspect_chunk
 from .errors import SluiceError
-from .pump import ChannelItem, Heartbeat
+from .pump import ChannelItem
 from .response import AsgiResponse
 from .sse import KEEPALIVE, frame
-from .writers import receive_batch
+from .writers import receive_batch, write_one_reply
 
 _WORD = re.compile(r"\S+")
 
@@ -187,22 +187,8 @@ async def write_chat_json(
 ) -> SluiceError | None:
     """Fold the stream into one ``/chat`` reply object; nothing is sent until the end."""
     transcript = ChatTranscript(model, received_at)
-    with items:
-        async for item in items:
-            if isinstance(item, bytes):
-                transcript.add(inspect_chunk(item)[1])
-            elif isinstance(item, Heartbeat):
-                continue  # a single reply sends nothing until the end
-            elif item.error is not None:
-                await response.fail(item.error)
-                return item.error
-            else:
-                body = orjson.dumps(transcript.reply(trio.current_time(), _now()))
-                await response.start(200, [(b"content-type", b"application/json"),
-                                           (b"content-length", str(len(body)).encode())])
-                await response.finish(body)
-                return None
-    raise AssertionError("the pump closed its channel without a StreamEnd")
+    return await write_one_reply(items, response, transcript.add,
+                                 lambda: transcript.reply(trio.current_time(), _now()))
 
 
 def _now() -> datetime:

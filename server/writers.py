@@ -15,6 +15,9 @@ sends a keepalive comment.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import orjson
 import trio
 
@@ -84,17 +87,30 @@ async def write_completion(
 ) -> SluiceError | None:
     """Aggregate the stream into one ``chat.completion``; nothing is sent until the end."""
     completion = CompletionBuilder()
+    return await write_one_reply(items, response, completion.add, completion.result)
+
+
+async def write_one_reply(
+    items: trio.MemoryReceiveChannel[ChannelItem],
+    response: AsgiResponse,
+    add: Callable[[dict[str, Any]], object],
+    reply: Callable[[], object],
+) -> SluiceError | None:
+    """Fold each chunk in with ``add``; at a clean end, send ``reply()`` as one JSON body.
+
+    Nothing is sent before the end, so a failure always keeps its own status.
+    """
     with items:
         async for item in items:
             if isinstance(item, bytes):
-                completion.add(inspect_chunk(item)[1])
+                add(inspect_chunk(item)[1])
             elif isinstance(item, Heartbeat):
-                continue  # a buffered answer sends nothing until the end
+                continue  # a single reply has nothing to show until the end
             elif item.error is not None:
                 await response.fail(item.error)
                 return item.error
             else:
-                body = orjson.dumps(completion.result())
+                body = orjson.dumps(reply())
                 await response.start(200, [(b"content-type", b"application/json"),
                                            (b"content-length", str(len(body)).encode())])
                 await response.finish(body)
