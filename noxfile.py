@@ -92,6 +92,14 @@ def scaling(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def steps(session: nox.Session) -> None:
+    """Task steps per stream open, by where each step ended (a trio instrument; seconds)."""
+    session.install("-e", ".")
+    _install_group(session, "bench")
+    session.run("python", "-m", "tests.bench.steps", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def profile(session: nox.Session) -> None:
     """py-spy on the Sluice worker under load (default: 1,000 streams)."""
     session.install("-e", ".")

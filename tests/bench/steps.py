@@ -1,6 +1,6 @@
 """``python -m tests.bench.steps``: how many trio task steps one stream costs, and where.
 
-    python -m tests.bench.steps            # 3-chunk streams, 10 measured after 20 warm-ups
+    nox -s steps              # 3-chunk streams: 10 measured after 20 warm-ups
 
 Each task step is a trip through trio's scheduler (~5 µs of CPU on the
 benchmark machine before any work is done). Under load, every step of
