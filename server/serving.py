@@ -8,9 +8,11 @@ command and the tests both use it, so what is tested is what is served.
 hypercorn's defaults: pass ``--graceful-timeout`` and ``--backlog`` there.)
 
 **Slow and dead clients.** hypercorn writes a response with a *shielded*
-``send_all``: no cancel scope of ours can interrupt a write to a client that
-stopped reading, and a client that vanished without FIN/RST is invisible until
-TCP gives up (~15 minutes). Both are bounded in the kernel instead: the
+``send_all`` (`server.tcp_server` first tries one non-blocking write, and
+sends what the kernel did not take that same shielded way): no cancel scope
+of ours can interrupt a write to a client that stopped reading, and a
+client that vanished without FIN/RST is invisible until TCP gives up (~15
+minutes). Both are bounded in the kernel instead: the
 listening sockets get ``TCP_USER_TIMEOUT`` — unacknowledged data, or data
 that cannot be sent into a zero window, for longer than ``send_stall_timeout``
 aborts the connection — and TCP keepalive probes for idle connections. The
