@@ -1,6 +1,7 @@
 """``python -m tests.bench.steps``: how many trio task steps one stream costs, and where.
 
-    nox -s steps              # 3-chunk streams: 10 measured after 20 warm-ups
+    nox -s steps                   # 3-chunk streams: 10 measured after 20 warm-ups
+    nox -s steps -- --timeline     # and the last one's steps in time order, with their CPU
 
 Each task step is a trip through trio's scheduler (~5 µs of CPU on the
 benchmark machine before any work is done). Under load, every step of
@@ -16,6 +17,8 @@ and the client's own steps are included and named as such.
 from __future__ import annotations
 
 import collections
+import sys
+import time
 from types import CoroutineType
 from typing import Any
 
@@ -49,26 +52,48 @@ class StepCounter(trio.abc.Instrument):
         self.counting = False
         self.steps: collections.Counter[str] = collections.Counter()
         self.io_waits = 0
+        self.timeline: list[tuple[float, float, str]] = []  # (start, CPU, step), last request
+        self._request_started = 0.0
+        self._step_started = 0.0
+
+    def new_request(self) -> None:
+        self.timeline.clear()
+        self._request_started = time.perf_counter()
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.counting:
+            self._step_started = time.perf_counter()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         if self.counting:
-            self.steps[f"{task.name.rsplit('.', 1)[-1]:28} {_where(task)}"] += 1
+            step = f"{task.name.rsplit('.', 1)[-1]:28} {_where(task)}"
+            self.steps[step] += 1
+            self.timeline.append((self._step_started - self._request_started,
+                                  time.perf_counter() - self._step_started, step))
 
     def before_io_wait(self, timeout: float) -> None:
         if self.counting:
             self.io_waits += 1
+            self.timeline.append((time.perf_counter() - self._request_started, 0.0,
+                                  "(run loop: poll for I/O)"))
 
 
-async def _one(stream: trio.SocketStream, request: bytes) -> None:
+async def _one(stream: trio.SocketStream, request: bytes) -> float:
+    """One request; seconds from sending it to its first response byte."""
+    sent = time.perf_counter()
     await stream.send_all(request)
     received = b""
+    first = 0.0
     while not received.endswith(b"0\r\n\r\n"):
         data = await stream.receive_some()
         assert data, received
+        if not received:
+            first = time.perf_counter() - sent
         received += data
+    return first
 
 
-async def main() -> None:
+async def main(timeline: bool) -> None:
     counter = StepCounter()
     trio.lowlevel.add_instrument(counter)
     upstream = FakeUpstream(Scenario(tokens=3, tps=0))
@@ -84,8 +109,10 @@ async def main() -> None:
             for _ in range(WARM_UP):
                 await _one(stream, request)
             counter.counting = True
+            first_bytes = []
             for _ in range(MEASURED):
-                await _one(stream, request)
+                counter.new_request()
+                first_bytes.append(await _one(stream, request))
             counter.counting = False
             await stream.aclose()
         nursery.cancel_scope.cancel()
@@ -94,7 +121,13 @@ async def main() -> None:
           f"passes that waited for I/O (client, Sluice and fake upstream together)")
     for where, count in counter.steps.most_common():
         print(f"  {count / MEASURED:5.1f}  {where}")
+    if timeline:
+        print(f"\nthe last request, step by step (its first byte came after "
+              f"{first_bytes[-1] * 1e6:.0f} us; steps of the previous request's "
+              f"teardown may come first):")
+        for started, cpu, step in counter.timeline:
+            print(f"  {started * 1e6:7.0f} us  {cpu * 1e6:4.0f} us CPU  {step}")
 
 
 if __name__ == "__main__":
-    trio.run(main)
+    trio.run(main, "--timeline" in sys.argv[1:])
