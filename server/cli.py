@@ -1,6 +1,6 @@
 """The ``sluice`` command.
 
-    sluice serve [--config FILE] [--bind HOST:PORT] [--workers N]
+    sluice serve [--config FILE] [--bind HOST:PORT] [--workers N] [--log-level LEVEL]
     sluice fake-upstream [--port 9000] [--scenario tokens=20,tps=50,...]
 
 ``serve`` runs `server.app:app` through hypercorn's trio worker, with the
@@ -11,7 +11,6 @@ here first, so a bad file stops the command with one line naming the key.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -26,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help="TOML settings file (default: $SLUICE_CONFIG)")
     serve.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT to listen on")
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"),
+                       help="debug adds a line per completed stream (default: %(default)s)")
 
     from .fake_upstream import cli as fake_cli
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serving import hypercorn_config, run
+    from .serving import configure_logging, hypercorn_config, run
 
     if args.config:
         os.environ["SLUICE_CONFIG"] = os.path.abspath(args.config)  # the workers read it
@@ -49,10 +50,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"sluice: configuration error: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(args.log_level)
     config = hypercorn_config(args.bind, args.workers,
                               send_stall_timeout=settings.server.send_stall_timeout)
-    return run(config, settings.server.drain_seconds)
+    return run(config, settings.server.drain_seconds, args.log_level)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ gives the stopped streams ``DRAIN_MARGIN`` seconds for their last writes.
 from __future__ import annotations
 
 import gc
+import logging
 import multiprocessing
 import signal
 import socket
@@ -100,19 +101,26 @@ def hypercorn_config(
 DRAIN_MARGIN = 5.0
 
 
-def run(config: StreamingConfig, drain_seconds: float) -> int:
+def configure_logging(level: str) -> None:
+    """One line per record on stderr; in a spawned worker too (it starts unconfigured)."""
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def run(config: StreamingConfig, drain_seconds: float, log_level: str = "info") -> int:
     """Serve until SIGINT/SIGTERM, then drain; return the exit code."""
     config.graceful_timeout = DRAIN_MARGIN  # after the drain, which our trigger runs
     sockets = config.create_sockets()
     for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
         sock.listen(config.backlog)
     if config.workers <= 1:
-        serve_worker(config, sockets, None, drain_seconds)
+        serve_worker(config, sockets, None, drain_seconds, log_level)
         return 0
     context = multiprocessing.get_context("spawn")
     shutdown = context.Event()
     workers = [
-        context.Process(target=serve_worker, args=(config, sockets, shutdown, drain_seconds))
+        context.Process(target=serve_worker,
+                        args=(config, sockets, shutdown, drain_seconds, log_level))
         for _ in range(config.workers)
     ]
 
@@ -143,8 +151,9 @@ def tune_gc() -> None:
 
 
 def serve_worker(config: StreamingConfig, sockets: Sockets, shutdown: ProcessEvent | None,
-                 drain_seconds: float) -> None:
+                 drain_seconds: float, log_level: str = "info") -> None:
     """One worker process: the app under hypercorn's trio server, draining on shutdown."""
+    configure_logging(log_level)  # a no-op where `sluice serve` already did it
     from .app import app  # built here, in the worker, from $SLUICE_CONFIG
 
     tune_gc()

@@ -6,6 +6,7 @@ Each test names the behaviour it proves (the numbers are the core issue's).
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from functools import partial
 
@@ -52,6 +53,24 @@ async def test_stream_relays_all_chunks_and_ends_right_after_done(
     await sluice.settle()
     assert sluice.sample("sluice_stream_outcomes_total", outcome="completed") == 1
     assert sluice.sample("sluice_time_to_first_chunk_seconds_count", backend="fake") == 1
+
+
+async def test_a_completed_stream_is_logged_at_debug_a_client_leaving_at_info(
+    sluice: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="sluice.stream")
+    async with client.stream("POST", sluice.base_url + URL, json=chat_body(),
+                             headers={"X-Request-ID": "req-done"}) as response:
+        await receive_stream(response)
+    upstream.scenario = Scenario(tokens=1000, tps=50)
+    async with client.stream("POST", sluice.base_url + URL, json=chat_body(),
+                             headers={"X-Request-ID": "req-left"}) as response:
+        await receive_stream(response, stop_after=1)
+    await sluice.settle()
+    levels = {r.getMessage().split()[1]: r.levelno for r in caplog.records
+              if r.name == "sluice.stream"}
+    assert levels == {"req-done": logging.DEBUG, "req-left": logging.INFO}
 
 
 async def test_chunks_are_not_buffered(
