@@ -66,7 +66,7 @@ class KeepAliveTimer:
     async def restart(self, task_group: TaskGroup, action: Callable[[], Any]) -> None:
         """The connection is idle: close it after ``timeout`` unless a request comes."""
         self._move(trio.current_time() + self.timeout)
-        if not self.running:
+        if not self.running and not self.ended:
             self.running = True
             task_group.spawn(action)
 
@@ -76,10 +76,12 @@ class KeepAliveTimer:
 
     def end(self) -> None:
         """The connection is closing: the timer's task ends at once."""
-        self.ended = True
         self._move(-math.inf)
+        self.ended = True
 
     def _move(self, deadline: float) -> None:
+        if self.ended:
+            return  # closing: nothing may re-arm it
         self.deadline = deadline
         if self.scope is not None:
             self.scope.deadline = deadline
