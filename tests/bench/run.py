@@ -36,7 +36,7 @@ from .loadgen import DRIVERS, LoadSpec, raise_fd_limit
 from .processes import LOAD_CORE, Proc
 from .report import HOW_TO_READ, Metrics, derive, median_metrics, metrics, table, targets_table
 from .scenarios import BenchScenario, select
-from .variants import VARIANTS
+from .variants import VARIANTS, known
 
 LOADGEN_SLACK = 90.0  # seconds beyond a run's planned length before the load process is killed
 
@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None) -> Options:
         parser.error(f"unknown targets {', '.join(sorted(unknown))}")
     variants = [v for v in args.variants.split(",") if v]
     for variant in variants:
-        if variant not in VARIANTS:
+        if not known(variant):
             parser.error(f"unknown variant {variant!r}")
     return Options(Path(args.out), args.quick, args.scenario, targets, variants, args.loadgen,
                    args.repeats, not args.no_install, args.upstream)

@@ -16,6 +16,8 @@ generator sends one at the start and one at the end of its window.
 - ``gc-freeze``: ``gc.freeze()`` once serving has started (backends open);
 - ``gc-tuned``: ``gc-freeze`` plus ``gc.set_threshold(50_000, 20, 1_000)``;
 - ``gc-off``: ``gc.disable()`` — the bound on what gc can cost;
+- ``gc-threshold-G0-G1-G2``: ``gc.set_threshold(G0, G1, G2)`` once serving has
+  started, over ``sluice serve``'s own tuning (e.g. ``gc-threshold-50000-2-1000``);
 
 (``shard-N`` and ``lean-reader`` measured httpx with sharded pools and a
 raw-socket reader; the reader won and is now Sluice's transport,
@@ -33,7 +35,15 @@ import sys
 import time
 from types import FrameType
 
-VARIANTS = ("gc-stats", "gc-freeze", "gc-tuned", "gc-off")
+VARIANTS = ("gc-stats", "gc-freeze", "gc-tuned", "gc-off", "gc-threshold-G0-G1-G2")
+
+
+def known(variant: str) -> bool:
+    """One of `VARIANTS`, ``gc-threshold-*`` with three integers in place of G0-G1-G2."""
+    if variant.startswith("gc-threshold-"):
+        parts = variant.removeprefix("gc-threshold-").split("-")
+        return len(parts) == 3 and all(part.isdigit() for part in parts)
+    return variant in VARIANTS
 
 
 def install_gc_stats(path: str) -> None:
@@ -68,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     args = parser.parse_args(argv)
     variant: str = args.variant
-    if variant not in VARIANTS:
+    if not known(variant):
         parser.error(f"unknown variant {variant!r}")
     config = os.path.abspath(args.config)
     os.environ["SLUICE_CONFIG"] = config
@@ -81,6 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     from server.cli import main as sluice
 
     install_gc_stats(os.environ.get("BENCH_GC_STATS", f"/tmp/sluice-gc-{os.getpid()}.jsonl"))
+    if variant.startswith("gc-threshold-"):
+        thresholds = tuple(int(part) for part in variant.split("-")[2:])
+
+        @app.before_serving
+        async def set_thresholds() -> None:
+            # After `sluice serve`'s own tune_gc (which runs before serving starts).
+            gc.set_threshold(*thresholds)
+
     if variant in ("gc-freeze", "gc-tuned"):
 
         @app.before_serving
