@@ -28,17 +28,22 @@ class ChatRequest:
     max_tokens: int | None
     body: dict[str, Any]  # the request as the client sent it
 
-    def upstream_body(self, model: str | None = None) -> dict[str, Any]:
+    def upstream_body(self, model: str | None = None, *,
+                      stream_options: bool = True) -> dict[str, Any]:
         """What to send upstream: always a stream, so one code path relays and aggregates.
 
         A non-streaming client gets usage in its completion, so ask for it.
         ``model`` renames the model for a backend that knows it by another name.
+        ``stream_options=False`` is for servers that reject the field: none is
+        sent, the client's included, and so no usage chunk comes back.
         """
         body = self.body
         if not self.stream:
             body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         if model is not None and model != self.model:
             body = {**body, "model": model}
+        if not stream_options and "stream_options" in body:
+            body = {key: value for key, value in body.items() if key != "stream_options"}
         return body
 
     def continued(self, prefix: str) -> ChatRequest:

@@ -70,6 +70,7 @@ class BackendSettings:
     continuation: Continuation = "none"  # "prefill": can continue a final assistant message
     upstream_model: str | None = None  # the model name sent upstream (default: the client's)
     tls_ca_file: str | None = None  # PEM bundle to verify an https upstream (default: certifi)
+    stream_options: bool = True  # False: never send `stream_options` (servers that reject it)
     timeouts: Timeouts = field(default_factory=Timeouts)
     simulated: SimulatedModel = field(default_factory=SimulatedModel)
 
@@ -353,6 +354,8 @@ def _backend(table: _Table, timeouts: Timeouts) -> BackendSettings:
                                 _one_of(CONTINUATIONS)),
         upstream_model=table.take("upstream_model", str, None, _non_empty),
         tls_ca_file=table.take("tls_ca_file", str, None, _readable_file),
+        # Only an OpenAI-compatible upstream is ever sent the field.
+        stream_options=table.take("stream_options", bool, True) if kind == "openai" else True,
         timeouts=_timeouts(table.table("timeouts"), timeouts),
     )
     simulated_keys = ("tokens_per_second", "first_token_delay", "reply_tokens")
@@ -369,6 +372,8 @@ def _backend(table: _Table, timeouts: Timeouts) -> BackendSettings:
         for key in simulated_keys:
             if key in table.remaining:
                 raise ConfigError(f"{table.path}.{key}: only valid for kind 'simulated'")
+    if "stream_options" in table.remaining:
+        raise ConfigError(f"{table.path}.stream_options: only valid for kind 'openai'")
     table.finish()
     return backend
 

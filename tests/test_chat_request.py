@@ -192,6 +192,14 @@ def test_a_streaming_request_keeps_the_clients_usage_choice() -> None:
     assert "stream_options" not in parse_chat_request(body(stream=True)).upstream_body()
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_no_stream_options_go_to_a_backend_that_rejects_them(stream: bool) -> None:
+    raw = body(stream=stream, stream_options={"include_usage": True}, seed=3)
+    sent = parse_chat_request(raw).upstream_body(stream_options=False)
+    assert "stream_options" not in sent and sent["stream"] is True
+    assert sent["seed"] == 3  # the rest travels untouched
+
+
 @pytest.mark.parametrize(
     "fields",
     [{}, {"stream": False}, {"stream": None},

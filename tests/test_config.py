@@ -391,6 +391,16 @@ def test_simulated_only_keys_on_an_openai_backend(key: str, value: float) -> Non
         f"backends[1].{key}: only valid for kind 'simulated'"
 
 
+def test_stream_options_can_be_switched_off_for_an_openai_backend() -> None:
+    settings = parse_settings({"backends": [{**OPENAI, "stream_options": False}]})
+    assert settings.backends[0].stream_options is False
+    assert parse_settings({"backends": [OPENAI]}).backends[0].stream_options is True
+    assert config_error({"backends": [{**OPENAI, "stream_options": "no"}]}) == \
+        "backends[0].stream_options: expected bool, got 'no'"
+    assert config_error({"backends": [{**SIMULATED, "stream_options": False}]}) == \
+        "backends[0].stream_options: only valid for kind 'openai'"
+
+
 def test_the_document_is_not_modified() -> None:
     backend = {**OPENAI, "timeouts": {"idle": 4}}
     document = {"backends": [backend], "server": {"stream_buffer": 2}}

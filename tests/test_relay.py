@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from dataclasses import replace
 from functools import partial
 
 import httpx
@@ -321,6 +322,27 @@ async def test_non_streaming_request_is_aggregated(
     assert completion["usage"]["completion_tokens"] == 5
     sent = upstream.requests[0].json
     assert sent is not None and sent["stream"] is True
+
+
+async def test_a_backend_that_rejects_stream_options_is_never_sent_them(
+    upstream: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    settings = settings_for(upstream.base_url)
+    backend = replace(settings.backends[0], stream_options=False)
+    async with running_sluice(replace(settings, backends=(backend,))) as sluice:
+        response = await client.post(sluice.base_url + URL, json=chat_body(False))
+        assert response.status_code == 200
+        completion = response.json()
+        assert completion["choices"][0]["message"]["content"] == "t0 t1 t2 t3 t4 "
+        assert completion.get("usage") is None  # not asked for, so none came
+        body = chat_body(stream_options={"include_usage": True})
+        async with client.stream("POST", sluice.base_url + URL, json=body) as streamed:
+            got = await receive_stream(streamed)
+        assert got.done and got.content == "t0 t1 t2 t3 t4 "
+    sent = [request.json for request in upstream.requests]
+    assert len(sent) == 2
+    assert all(body is not None and "stream_options" not in body and body["stream"] is True
+               for body in sent)
 
 
 async def test_non_streaming_upstream_cut_is_an_error_status(

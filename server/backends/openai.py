@@ -36,7 +36,8 @@ class OpenAIBackend:
 
     @asynccontextmanager
     async def open_stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
-        body = request.upstream_body(self.settings.upstream_model)
+        body = request.upstream_body(self.settings.upstream_model,
+                                     stream_options=self.settings.stream_options)
         async with self._upstream.post(body, decode=_sse_payloads) as payloads:
             yield payloads
 
