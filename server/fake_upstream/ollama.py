@@ -30,16 +30,27 @@ the OpenAI mode's non-streamed answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
 import orjson
 
 from .http11 import LAST_CHUNK, chunk, response, response_head
-from .plan import EXPLODED, JSON, Control, ResponseFacts, SleepUntil, Step, token_offset
+from .plan import (
+    EXPLODED,
+    JSON,
+    Control,
+    ResponseFacts,
+    SleepUntil,
+    Step,
+    emit_whole,
+    fault_steps,
+    token_offset,
+)
 from .request import DEFAULT_MODEL, InvalidChatRequest
 from .scenario import Scenario
 
@@ -246,20 +257,21 @@ def _phrase(status: int) -> str:
 
 def _stream(s: Scenario, chat: OllamaChat, facts: ResponseFacts) -> Iterator[Step]:
     lines = _Lines.render(chat.model, facts.created, s.crlf)
-    emit = _split_emit if s.split_writes else _emit
+    emit = _split_emit if s.split_writes else emit_whole
     n = chat.completion_tokens(s.tokens)
     start = min(chat.prefill_tokens, n)
     yield response_head(200, NDJSON_HEADERS, keep_alive=facts.keep_alive)
     if chat.think:
         for index in range(THINKING_TOKENS):
             yield from emit(lines.thinking(index))
-    if (yield from _fault(s, lines, 0, emit)):
+    faults = partial(fault_steps, s, emit=emit, malformed=lines.malformed, error=lines.error)
+    if (yield from faults(0)):
         return
     for index in range(start, n):
         if s.first_delay or s.tps:
             yield SleepUntil(token_offset(s, index - start))
         yield from emit(lines.content(index))
-        if (yield from _fault(s, lines, index + 1 - start, emit)):
+        if (yield from faults(index + 1 - start)):
             return
     if chat.tool is not None:
         yield from emit(lines.tool_call(chat.tool))
@@ -267,28 +279,6 @@ def _stream(s: Scenario, chat: OllamaChat, facts: ResponseFacts) -> Iterator[Ste
         done = lines.done(chat.done_reason(s.tokens), chat.prompt_tokens, n - start)
         yield from emit(done.removesuffix(lines.eol) if s.no_done else done)
     yield LAST_CHUNK
-
-
-def _fault(s: Scenario, lines: _Lines, sent: int, emit: Callable[[bytes], Iterator[Step]]
-           ) -> Generator[Step, None, bool]:
-    """Steps due after `sent` content lines; the generator's return says "stop here"."""
-    if s.malformed_after == sent:
-        yield from emit(lines.malformed())
-    if s.cut_after == sent:
-        yield Control.CUT
-        return True
-    if s.stall_after == sent:
-        yield Control.STALL
-        return True
-    if s.error_event_after == sent:
-        yield from emit(lines.error())
-        yield LAST_CHUNK
-        return True
-    return False
-
-
-def _emit(line: bytes) -> Iterator[Step]:
-    yield chunk(line)
 
 
 def _split_emit(line: bytes) -> Iterator[Step]:

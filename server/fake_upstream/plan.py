@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 
 from . import chunks as c
 from .bodies import completion_body, error_body
@@ -164,14 +165,16 @@ def _stream(s: Scenario, chat: ChatRequest, facts: ResponseFacts) -> Iterator[St
         facts.completion_id, created=facts.created, model=chat.model, crlf=s.crlf
     )
     clock = facts.wall_clock
-    emit = _split_emit if s.split_writes else _emit
+    emit = _split_emit if s.split_writes else emit_whole
     n = chat.completion_tokens(s.tokens)
     head = response_head(200, SSE_HEADERS, keep_alive=facts.keep_alive)
     yield head
     if s.keepalive_comments:
         yield from emit(c.comment_event(t))
     yield from emit(c.role_event(t))
-    if (yield from _fault(s, t, 0, emit)):
+    faults = partial(fault_steps, s, emit=emit, malformed=partial(c.malformed_event, t),
+                     error=partial(c.error_event, t))
+    if (yield from faults(0)):
         return
     start = min(chat.prefill_tokens, n)
     for index in range(start, n):
@@ -183,7 +186,7 @@ def _stream(s: Scenario, chat: ChatRequest, facts: ResponseFacts) -> Iterator[St
             yield from emit(c.stamped_content_event(t, index, clock()))
         else:
             yield from emit(c.content_event(t, index))
-        if (yield from _fault(s, t, index + 1 - start, emit)):
+        if (yield from faults(index + 1 - start)):
             return
     if not s.omit_finish:
         if s.keepalive_comments:
@@ -196,12 +199,18 @@ def _stream(s: Scenario, chat: ChatRequest, facts: ResponseFacts) -> Iterator[St
     yield LAST_CHUNK
 
 
-def _fault(
-    s: Scenario, t: c.ChunkTemplates, sent: int, emit: Callable[[bytes], Iterator[Step]]
+def fault_steps(
+    s: Scenario, sent: int, *, emit: Callable[[bytes], Iterator[Step]],
+    malformed: Callable[[], bytes], error: Callable[[], bytes],
 ) -> Generator[Step, None, bool]:
-    """Steps due after `sent` content chunks; the generator's return says "stop here"."""
+    """Steps due after `sent` content pieces; the generator's return says "stop here".
+
+    Shared by both wire formats: ``malformed`` and ``error`` make the format's
+    own broken piece and error piece (an SSE event here, an NDJSON line for
+    Ollama).
+    """
     if s.malformed_after == sent:
-        yield from emit(c.malformed_event(t))
+        yield from emit(malformed())
     if s.cut_after == sent:
         yield Control.CUT
         return True
@@ -209,13 +218,13 @@ def _fault(
         yield Control.STALL
         return True
     if s.error_event_after == sent:
-        yield from emit(c.error_event(t))
+        yield from emit(error())
         yield LAST_CHUNK
         return True
     return False
 
 
-def _emit(event: bytes) -> Iterator[Step]:
+def emit_whole(event: bytes) -> Iterator[Step]:
     yield chunk(event)
 
 
