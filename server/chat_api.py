@@ -38,7 +38,14 @@ import orjson
 import trio
 from quart import Quart, Response, request
 
-from .chat_request import ChatRequest, json_object, parse_chat_request
+from .chat_request import (
+    ChatRequest,
+    json_object,
+    non_empty_array,
+    non_empty_string,
+    parse_chat_request,
+    required_field,
+)
 from .chat_writers import write_chat_events, write_chat_json
 from .config import Settings
 from .errors import RequestError
@@ -69,13 +76,7 @@ class ChatApiRequest:
 def parse_chat_api_request(raw: bytes, default_model: str | None) -> ChatApiRequest:
     body = json_object(raw)
 
-    conversation = body.get("conversation")
-    if conversation is None:
-        raise RequestError("Missing required parameter: 'conversation'.", param="conversation",
-                           code="missing_required_parameter")
-    if not isinstance(conversation, list) or not conversation:
-        raise RequestError("'conversation' must be a non-empty array.", param="conversation",
-                           code="invalid_type")
+    conversation = required_field(body, "conversation", non_empty_array, "a non-empty array")
     messages = [_message(i, message) for i, message in enumerate(conversation)]
 
     model = body.get("model")
@@ -84,7 +85,7 @@ def parse_chat_api_request(raw: bytes, default_model: str | None) -> ChatApiRequ
         if model is None:
             raise RequestError("Missing required parameter: 'model' (no default model is "
                                "configured).", param="model", code="missing_required_parameter")
-    elif not isinstance(model, str) or not model:
+    elif not non_empty_string(model):
         raise RequestError("'model' must be a non-empty string.", param="model",
                            code="invalid_type")
 

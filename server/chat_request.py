@@ -12,6 +12,7 @@ it — and are answered 400 (as OpenAI does), never 500.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,24 +74,30 @@ def json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def non_empty_string(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def non_empty_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value)
+
+
+def required_field(body: dict[str, Any], key: str, valid: Callable[[Any], bool],
+                   shape: str) -> Any:
+    """``body[key]``, present and ``valid``; else OpenAI's 400 (``shape``: what it must be)."""
+    value = body.get(key)
+    if value is None:
+        raise RequestError(f"Missing required parameter: '{key}'.", param=key,
+                           code="missing_required_parameter")
+    if not valid(value):
+        raise RequestError(f"'{key}' must be {shape}.", param=key, code="invalid_type")
+    return value
+
+
 def parse_chat_request(raw: bytes) -> ChatRequest:
     body = json_object(raw)
-
-    model = body.get("model")
-    if model is None:
-        raise RequestError("Missing required parameter: 'model'.", param="model",
-                           code="missing_required_parameter")
-    if not isinstance(model, str) or not model:
-        raise RequestError("'model' must be a non-empty string.", param="model",
-                           code="invalid_type")
-
-    messages = body.get("messages")
-    if messages is None:
-        raise RequestError("Missing required parameter: 'messages'.", param="messages",
-                           code="missing_required_parameter")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty array.", param="messages",
-                           code="invalid_type")
+    model = required_field(body, "model", non_empty_string, "a non-empty string")
+    messages = required_field(body, "messages", non_empty_array, "a non-empty array")
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise RequestError(f"'messages[{i}]' must be an object with a string 'role'.",
