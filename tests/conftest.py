@@ -69,11 +69,11 @@ async def wait_until(condition: Callable[[], bool]) -> None:
             await trio.sleep(0.002)
 
 
-def settings_for(upstream_url: str, **overrides: Any) -> Settings:
-    """One openai-kind backend serving every model, with optional [timeouts]/[server] keys."""
+def settings_for(upstream_url: str, kind: str = "openai", **overrides: Any) -> Settings:
+    """One backend serving every model (``openai`` unless told), with [timeouts]/[server] keys."""
     timeouts = {k: overrides.pop(k) for k in ("connect", "first_chunk", "idle") if k in overrides}
     document: dict[str, Any] = {
-        "backends": [{"name": "fake", "kind": "openai", "base_url": upstream_url,
+        "backends": [{"name": "fake", "kind": kind, "base_url": upstream_url,
                       "models": ["*"]}],
         "timeouts": timeouts,
         # Retries wait briefly here: the suite tests what is retried, not how long.

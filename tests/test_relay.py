@@ -1,6 +1,9 @@
 """End-to-end: one stream's life through the real server, against a real fake upstream.
 
 Each test names the behaviour it proves (the numbers are the core issue's).
+Tests taking the ``kind`` or ``sluice_of_kind`` fixture run once per HTTP
+backend kind (``openai``, ``ollama``): disconnects, timeouts, refused
+connections and cuts must behave alike whatever the upstream's wire format.
 """
 
 from __future__ import annotations
@@ -8,13 +11,16 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
 import httpx
 import pytest
 import trio
 
+from server.config import Settings
 from server.fake_upstream import FakeUpstream, Scenario
 
 from .conftest import (
@@ -28,6 +34,24 @@ from .conftest import (
 from .sse_client import receive_stream
 
 URL = "/v1/chat/completions"
+
+
+# What every HTTP backend kind must do alike runs against each: the fake upstream
+# answers OpenAI SSE at /v1 and Ollama's NDJSON /api/chat at its root.
+@pytest.fixture(params=["openai", "ollama"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def settings_of(kind: str, upstream: FakeUpstream, **overrides: Any) -> Settings:
+    url = upstream.base_url if kind == "openai" else upstream.origin
+    return settings_for(url, kind, **overrides)
+
+
+@pytest.fixture
+async def sluice_of_kind(kind: str, upstream: FakeUpstream) -> AsyncIterator[RunningSluice]:
+    async with running_sluice(settings_of(kind, upstream)) as running:
+        yield running
 
 # Pace of the "no buffering" test: chunks this far apart must arrive this far apart.
 PACED_INTERVAL = 0.1
@@ -93,9 +117,10 @@ async def test_chunks_are_not_buffered(
 
 
 async def test_client_disconnect_mid_stream_closes_the_upstream(
-    sluice: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient
+    sluice_of_kind: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient
 ) -> None:
     """Behaviour 2: the client leaves → the upstream connection closes, gauges return."""
+    sluice = sluice_of_kind
     upstream.scenario = Scenario(tokens=1000, tps=20)
     with trio.fail_after(PROMPTLY):
         async with client.stream("POST", sluice.base_url + URL, json=chat_body()) as response:
@@ -111,9 +136,10 @@ async def test_client_disconnect_mid_stream_closes_the_upstream(
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_client_disconnect_before_first_token_closes_the_upstream(
-    sluice: RunningSluice, upstream: FakeUpstream, stream: bool
+    sluice_of_kind: RunningSluice, upstream: FakeUpstream, stream: bool
 ) -> None:
     """Behaviour 2, before anything was sent (no status line yet), streaming or not."""
+    sluice = sluice_of_kind
     upstream.scenario = Scenario(tokens=5, first_delay=30)
     async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
         nursery.start_soon(partial(client.post, sluice.base_url + URL, json=chat_body(stream)))
@@ -177,24 +203,26 @@ async def test_errors_before_the_first_byte_get_a_real_status(
     assert "127.0.0.1" not in response.text
 
 
-async def test_connection_refused_is_502(client: httpx.AsyncClient) -> None:
+async def test_connection_refused_is_502(client: httpx.AsyncClient, kind: str) -> None:
     with trio.socket.socket() as sock:  # a port nobody listens on
         await sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    async with running_sluice(settings_for(f"http://127.0.0.1:{port}/v1")) as sluice:
+    url = f"http://127.0.0.1:{port}" + ("/v1" if kind == "openai" else "")
+    async with running_sluice(settings_for(url, kind)) as sluice:
         response = await client.post(sluice.base_url + URL, json=chat_body())
         assert response.status_code == 502
         assert response.json()["error"]["type"] == "upstream_error"
+        assert response.json()["error"]["message"] == \
+            "Could not connect to the upstream model server."
         assert str(port) not in response.text
 
 
 @pytest.mark.parametrize("scenario", [Scenario(first_delay=30), Scenario(no_response=True)])
 async def test_first_chunk_timeout_is_504(
-    upstream: FakeUpstream, client: httpx.AsyncClient,
-    scenario: Scenario,
+    upstream: FakeUpstream, client: httpx.AsyncClient, kind: str, scenario: Scenario,
 ) -> None:
     upstream.scenario = scenario
-    async with running_sluice(settings_for(upstream.base_url, first_chunk=0.3)) as sluice:
+    async with running_sluice(settings_of(kind, upstream, first_chunk=0.3)) as sluice:
         with trio.fail_after(PROMPTLY):
             response = await client.post(sluice.base_url + URL, json=chat_body())
         assert response.status_code == 504
@@ -236,10 +264,10 @@ async def test_errors_after_the_first_byte_travel_in_band(
 
 
 async def test_idle_timeout_mid_stream_is_in_band(
-    upstream: FakeUpstream, client: httpx.AsyncClient
+    upstream: FakeUpstream, client: httpx.AsyncClient, kind: str
 ) -> None:
     upstream.scenario = Scenario(tokens=10, stall_after=2)
-    async with running_sluice(settings_for(upstream.base_url, idle=0.3)) as sluice:
+    async with running_sluice(settings_of(kind, upstream, idle=0.3)) as sluice:
         with trio.fail_after(PROMPTLY):
             async with client.stream("POST", sluice.base_url + URL, json=chat_body()) as response:
                 got = await receive_stream(response)
@@ -346,10 +374,10 @@ async def test_a_backend_that_rejects_stream_options_is_never_sent_them(
 
 
 async def test_non_streaming_upstream_cut_is_an_error_status(
-    sluice: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient
+    sluice_of_kind: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient
 ) -> None:
     upstream.scenario = Scenario(tokens=10, cut_after=3)
-    response = await client.post(sluice.base_url + URL, json=chat_body(False))
+    response = await client.post(sluice_of_kind.base_url + URL, json=chat_body(False))
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "stream_truncated"
 
