@@ -225,21 +225,6 @@ async def test_failures_mid_stream_are_in_band_without_done(
     assert sluice.sample("sluice_stream_outcomes_total", outcome="upstream_error") == 1
 
 
-@pytest.mark.parametrize("scenario", [Scenario(tokens=6, split_writes=True),
-                                      Scenario(tokens=6, crlf=True, split_writes=True),
-                                      Scenario(tokens=6, no_done=True, split_writes=True)])
-async def test_lines_split_across_reads(
-    sluice: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient,
-    scenario: Scenario,
-) -> None:
-    """Lines cut in two writes, CRLF endings, a last line without its newline."""
-    upstream.scenario = scenario
-    async with client.stream("POST", sluice.base_url + URL, json=chat_body()) as response:
-        got = await receive_stream(response)
-    assert got.content == "t0 t1 t2 t3 t4 t5 "
-    assert got.done
-
-
 async def test_a_cut_is_continued_by_an_ollama_prefill_backend(
     nursery: trio.Nursery, upstream: FakeUpstream, client: httpx.AsyncClient
 ) -> None:

@@ -309,14 +309,18 @@ async def test_keepalives_during_silence_and_upstream_comments_dropped(
 
 
 @pytest.mark.parametrize("scenario", [Scenario(tokens=6, crlf=True),
-                                      Scenario(tokens=6, split_writes=True)])
-async def test_upstream_sse_variants_are_parsed(
-    sluice: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient,
+                                      Scenario(tokens=6, split_writes=True),
+                                      Scenario(tokens=6, crlf=True, split_writes=True),
+                                      Scenario(tokens=6, no_done=True, split_writes=True)])
+async def test_upstream_framing_variants_are_parsed(
+    sluice_of_kind: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient,
     scenario: Scenario,
 ) -> None:
-    """Behaviour 11, end to end: CRLF line endings, events split across reads."""
+    """Behaviour 11, end to end: CRLF line endings, events (or NDJSON lines) split
+    across reads, a last line without its end."""
     upstream.scenario = scenario
-    async with client.stream("POST", sluice.base_url + URL, json=chat_body()) as response:
+    url = sluice_of_kind.base_url + URL
+    async with client.stream("POST", url, json=chat_body()) as response:
         got = await receive_stream(response)
     assert got.content == "t0 t1 t2 t3 t4 t5 "
     assert got.done
