@@ -73,38 +73,36 @@ def examples(session: nox.Session) -> None:
     session.run("python", "examples/run_all.py", *session.posargs)
 
 
+def _run_bench_tool(session: nox.Session, module: str, *args: str) -> None:
+    """Install the project and the bench group, then run one `tests.bench` tool."""
+    session.install("-e", ".")
+    _install_group(session, "bench")
+    session.run("python", "-m", f"tests.bench.{module}", *args, *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Direct vs nginx vs Sluice, side by side (not in CI). `-- --quick` for ~2 min;
     `-- --scenario stream-1000`; `-- --list`. Installs nginx with apt when root."""
-    session.install("-e", ".")
-    _install_group(session, "bench")
-    session.run("python", "-m", "tests.bench.run", "--out", "bench-results/", *session.posargs)
+    _run_bench_tool(session, "run", "--out", "bench-results/")
 
 
 @nox.session(python=PYTHON)
 def scaling(session: nox.Session) -> None:
     """How throughput scales with worker processes (~4 min; not in CI): 1 vs 2 workers."""
-    session.install("-e", ".")
-    _install_group(session, "bench")
-    session.run("python", "-m", "tests.bench.scaling", "--out", "bench-results/",
-                *session.posargs)
+    _run_bench_tool(session, "scaling", "--out", "bench-results/")
 
 
 @nox.session(python=PYTHON)
 def steps(session: nox.Session) -> None:
     """Task steps per stream open, by where each step ended (a trio instrument; seconds)."""
-    session.install("-e", ".")
-    _install_group(session, "bench")
-    session.run("python", "-m", "tests.bench.steps", *session.posargs)
+    _run_bench_tool(session, "steps")
 
 
 @nox.session(python=PYTHON)
 def profile(session: nox.Session) -> None:
     """py-spy on the Sluice worker under load (default: 1,000 streams)."""
-    session.install("-e", ".")
-    _install_group(session, "bench")
-    session.run("python", "-m", "tests.bench.profile", *session.posargs)
+    _run_bench_tool(session, "profile")
 
 
 @nox.session(python=PYTHON)

@@ -44,12 +44,11 @@ class Slots:
 
     async def acquire(self, weight: int) -> None:
         """Take ``weight`` slots, waiting in line (FIFO) if they are not free."""
-        if not self._waiters and self.used + weight <= self.total:
-            # Checkpoint *before* taking, never after: a cancel delivered after
-            # `used` grew would leave slots taken that nobody holds. (The
-            # 1,000-random-cuts test found exactly that.)
-            await trio.lowlevel.checkpoint_if_cancelled()
-            self.used += weight
+        # Checkpoint *before* taking, never after: a cancel delivered after
+        # `used` grew would leave slots taken that nobody holds. (The
+        # 1,000-random-cuts test found exactly that.)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.try_acquire(weight):
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         entry = (weight, trio.Event())

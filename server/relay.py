@@ -90,9 +90,9 @@ async def serve_stream(
     try:
         async with trio.open_nursery() as nursery:
             items_in, items_out = trio.open_memory_channel[ChannelItem](plan.buffer)
-            heartbeats = items_in.clone() if plan.keepalive_interval is not None else None
+            interval = math.inf if plan.keepalive_interval is None else plan.keepalive_interval
             nursery.start_soon(watch_stream, client_gone, response, nursery.cancel_scope,
-                               watcher, heartbeats, plan.keepalive_interval)
+                               watcher, items_in.clone(), interval)
             if plan.slots.try_acquire(plan.weight):
                 held = plan.weight  # the common case: no timer, no wait
             else:
@@ -126,8 +126,8 @@ async def watch_stream(
     response: AsgiResponse,
     stream_scope: trio.CancelScope,
     own_scope: trio.CancelScope,
-    heartbeats: trio.MemorySendChannel[ChannelItem] | None,
-    keepalive_interval: float | None,
+    heartbeats: trio.MemorySendChannel[ChannelItem],
+    keepalive_interval: float,
 ) -> None:
     """Watch the stream from outside: cancel it when the client leaves, nudge it when silent.
 
@@ -138,14 +138,9 @@ async def watch_stream(
     goes into the channel and the writer sends a keepalive. The writer's own
     wait therefore needs no timer: one timer per interval here replaces a
     cancel scope per written batch there. A full channel needs no heartbeat
-    (the writer is about to write). Cancel ``own_scope`` to stop watching.
+    (the writer is about to write). A format without keepalives passes an
+    interval of ``inf``. Cancel ``own_scope`` to stop watching.
     """
-    if heartbeats is None or keepalive_interval is None:
-        with own_scope:
-            await client_gone.wait()
-            if not response.complete:
-                stream_scope.cancel("client disconnected")
-        return
     nudged_at = -math.inf
     with own_scope, heartbeats:
         while True:

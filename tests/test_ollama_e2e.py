@@ -3,7 +3,7 @@
 Real sockets both sides: clients (httpx, the openai SDK) speak OpenAI to
 Sluice; Sluice speaks NDJSON ``/api/chat`` to the fake at its root URL.
 What every backend kind does alike (disconnects, timeouts, refused
-connections, a cut non-streaming answer) is proven for both kinds in
+connections, non-streaming aggregation and its cut) is proven for both kinds in
 `tests/test_relay.py`; this module holds what is Ollama's own.
 """
 
@@ -97,22 +97,6 @@ async def test_openai_sdk_streams_with_include_usage(
     assert (usage[0].prompt_tokens, usage[0].completion_tokens, usage[0].total_tokens) == \
         (2, 5, 7)
     assert "stream_options" not in sent(upstream)
-
-
-async def test_non_streaming_request_is_aggregated_with_usage(
-    sluice: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient
-) -> None:
-    response = await client.post(sluice.base_url + URL, json=chat_body(False))
-    assert response.status_code == 200
-    completion = response.json()
-    assert completion["object"] == "chat.completion"
-    assert completion["model"] == "fake-model"
-    assert completion["choices"][0]["message"] == {"role": "assistant",
-                                                   "content": "t0 t1 t2 t3 t4 "}
-    assert completion["choices"][0]["finish_reason"] == "stop"
-    assert completion["usage"] == {"prompt_tokens": 1, "completion_tokens": 5,
-                                   "total_tokens": 6}
-    assert sent(upstream)["stream"] is True  # Sluice streams and aggregates itself
 
 
 @pytest.mark.parametrize("limit", ["max_tokens", "max_completion_tokens"])

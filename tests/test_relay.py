@@ -341,19 +341,22 @@ async def test_usage_chunk_when_asked(
 
 
 async def test_non_streaming_request_is_aggregated(
-    sluice: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient
+    sluice_of_kind: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient
 ) -> None:
     """Behaviour 9: one chat.completion from the upstream's stream."""
-    response = await client.post(sluice.base_url + URL, json=chat_body(False))
+    response = await client.post(sluice_of_kind.base_url + URL, json=chat_body(False))
     assert response.status_code == 200
     completion = response.json()
     assert completion["object"] == "chat.completion"
+    assert completion["model"] == "fake-model"
     assert completion["choices"][0]["message"] == {"role": "assistant",
                                                    "content": "t0 t1 t2 t3 t4 "}
     assert completion["choices"][0]["finish_reason"] == "stop"
-    assert completion["usage"]["completion_tokens"] == 5
+    usage = completion["usage"]
+    assert usage["completion_tokens"] == 5
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 5
     sent = upstream.requests[0].json
-    assert sent is not None and sent["stream"] is True
+    assert sent is not None and sent["stream"] is True  # Sluice streams and aggregates itself
 
 
 async def test_a_backend_that_rejects_stream_options_is_never_sent_them(
