@@ -29,10 +29,10 @@ import trio
 from hypercorn.trio import serve
 
 from server.config import parse_settings
-from server.fake_upstream import FakeUpstream, Scenario
 from server.gateway import SluiceApp, create_app
 from server.metrics import Metrics
-from server.serving import hypercorn_config
+from server.serving.launch import hypercorn_config
+from server.testing.fake_upstream import FakeUpstream, Scenario
 
 TOKENS_BEFORE_ABORT = 5
 # How long the upstream may take to see its connection close; the tests ask for 0.1 s.

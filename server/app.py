@@ -5,7 +5,7 @@ configuration stops the process here with one line naming the key. Code that
 only wants the factory imports `server.gateway.create_app`, which reads no
 environment.
 
-Importing it also points hypercorn's trio server at `server.tcp_server`,
+Importing it also points hypercorn's trio server at `server.serving.tcp_server`,
 so plain ``hypercorn --worker-class trio server.app:app`` writes the way
 ``sluice serve`` does (hypercorn imports the app before it starts serving).
 """
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 
-from . import tcp_server
-from .config import ConfigError, load_settings
-from .gateway import SluiceApp, create_app
+from server.config import ConfigError, load_settings
+from server.gateway import SluiceApp, create_app
+from server.serving import tcp_server
 
 __all__ = ["app", "create_app"]
 

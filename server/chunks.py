@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from .errors import SluiceError, error_object
+from server.errors import SluiceError, error_object
 
 
 class MalformedChunk(ValueError):

@@ -4,7 +4,7 @@
     sluice fake-upstream [--port 9000] [--scenario tokens=20,tps=50,...]
 
 ``serve`` runs `server.app:app` through hypercorn's trio worker, with the
-settings of `server.serving.hypercorn_config`. The configuration is checked
+settings of `server.serving.launch.hypercorn_config`. The configuration is checked
 here first, so a bad file stops the command with one line naming the key.
 """
 
@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from .config import ConfigError, load_settings
+from server.config import ConfigError, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"),
                        help="debug adds a line per completed stream (default: %(default)s)")
 
-    from .fake_upstream import cli as fake_cli
+    from server.testing.fake_upstream import cli as fake_cli
 
     fake = commands.add_parser("fake-upstream", help="run the fault-injecting fake model server")
     fake_cli.add_arguments(fake)
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serving import configure_logging, hypercorn_config, run
+    from server.serving.launch import configure_logging, hypercorn_config, run
 
     if args.config:
         os.environ["SLUICE_CONFIG"] = os.path.abspath(args.config)  # the workers read it

@@ -4,7 +4,7 @@
 
 Views are thin. The chat view validates, routes and returns a
 `StreamResponse` — a plan — which `SluiceHTTPConnection` runs as one
-stream in one nursery (`server.relay`). Shared resources (the backends and
+stream in one nursery (`server.stream.nursery`). Shared resources (the backends and
 their httpx pools) are opened in the app's serving lifespan and closed when
 it ends; nothing lives at module level but `app` itself.
 
@@ -30,15 +30,15 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from .admission import Slots
-from .asgi import SluiceHTTPConnection, StreamResponse
-from .backends import open_backends
-from .backends.http import api_key_from_env
-from .chat_api import register_chat_api
-from .chat_request import ChatRequest, parse_chat_request
-from .config import Settings
-from .cors import install_cors
-from .errors import (
+from server.api.browser_chat import register_chat_api
+from server.api.chat_completions import ChatRequest, parse_chat_request
+from server.api.connection import SluiceHTTPConnection, StreamResponse
+from server.api.cors import install_cors
+from server.api.page import register_page
+from server.backends import open_backends
+from server.backends.http import api_key_from_env
+from server.config import Settings
+from server.errors import (
     BodyTooLarge,
     ModelNotFound,
     RequestError,
@@ -50,14 +50,15 @@ from .errors import (
     new_error_id,
     openai_error_body,
 )
-from .lifecycle import Lifecycle
-from .metrics import Metrics
-from .page import register_page
-from .pump import PumpContext
-from .rate_limit import MemoryRateLimiter, RateLimiter
-from .relay import BodyWriter, StreamPlan
-from .routing import Route, candidates, make_routes
-from .writers import write_completion, write_sse
+from server.limits.admission import Slots
+from server.limits.rate_limit import MemoryRateLimiter, RateLimiter
+from server.limits.routing import Route, candidates, make_routes
+from server.metrics import Metrics
+from server.serving.lifecycle import Lifecycle
+from server.stream.channel import BodyWriter
+from server.stream.nursery import StreamPlan
+from server.stream.pump import PumpContext
+from server.stream.writers import write_completion, write_sse
 
 log = logging.getLogger("sluice")
 

@@ -14,12 +14,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .breaker import STATE_VALUES
+from server.limits.breaker import STATE_VALUES
 
 if TYPE_CHECKING:
-    from .admission import Slots
-    from .lifecycle import Lifecycle
-    from .routing import Route
+    from server.limits.admission import Slots
+    from server.limits.routing import Route
+    from server.serving.lifecycle import Lifecycle
 
 # Streams run from milliseconds (errors) to many minutes (long generations).
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)

@@ -3,7 +3,7 @@
 Rules:
 - Pure modules are tested without sockets. End-to-end tests use real
   loopback sockets only: Sluice under hypercorn's trio server on port 0,
-  the fake upstream (`server.fake_upstream`) on port 0, and real clients
+  the fake upstream (`server.testing.fake_upstream`) on port 0, and real clients
   (httpx, the openai SDK). No mocks of our own components.
 - Every wait that could hang is bounded (`trio.fail_after`), and pytest-timeout
   bounds each test. Timing constants are named; none asserts speed — speed
@@ -26,12 +26,12 @@ import pytest
 import trio
 from hypercorn.trio import serve
 
-from server import tcp_server
 from server.config import Settings, parse_settings
-from server.fake_upstream import FakeUpstream, Scenario
 from server.gateway import SluiceApp, create_app
 from server.metrics import Metrics
-from server.serving import hypercorn_config
+from server.serving import tcp_server
+from server.serving.launch import hypercorn_config
+from server.testing.fake_upstream import FakeUpstream, Scenario
 
 tcp_server.install()  # as server.app does: the tests' server is the one `sluice serve` runs
 

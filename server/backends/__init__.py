@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from ..config import Settings
-from .base import Backend
-from .http import api_key_from_env
-from .ollama import OllamaBackend
-from .openai import OpenAIBackend
-from .simulated import SimulatedBackend
+from server.backends.base import Backend
+from server.backends.http import api_key_from_env
+from server.backends.ollama import OllamaBackend
+from server.backends.openai import OpenAIBackend
+from server.backends.simulated import SimulatedBackend
+from server.config import Settings
 
 __all__ = ["Backend", "open_backends"]
 

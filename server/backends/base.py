@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from ..chat_request import ChatRequest
-from ..config import BackendSettings
+from server.api.chat_completions import ChatRequest
+from server.config import BackendSettings
 
 
 class Backend(Protocol):

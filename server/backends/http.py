@@ -43,10 +43,10 @@ from urllib.parse import urlsplit
 import orjson
 import trio
 
-from ..config import BackendSettings, ConfigError
-from ..errors import SluiceError, StreamCut, UpstreamTimeout, UpstreamUnavailable
-from .upstream_errors import MAX_ERROR_BODY, status_error
-from .wire import BodyFraming, Head, ProtocolError, parse_head, request_bytes
+from server.backends.upstream_errors import MAX_ERROR_BODY, status_error
+from server.backends.wire import BodyFraming, Head, ProtocolError, parse_head, request_bytes
+from server.config import BackendSettings, ConfigError
+from server.errors import SluiceError, StreamCut, UpstreamTimeout, UpstreamUnavailable
 
 Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
 Decode = Callable[["BodyReader"], AsyncGenerator[bytes, None]]

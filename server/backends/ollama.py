@@ -31,11 +31,11 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
-from ..chat_request import ChatRequest
-from ..config import BackendSettings
-from ..errors import SluiceError
-from .http import BodyReader, HttpUpstream
-from .ollama_translate import NDJSONDecoder, OllamaStream, ollama_chat_body
+from server.api.chat_completions import ChatRequest
+from server.backends.http import BodyReader, HttpUpstream
+from server.backends.ollama_translate import NDJSONDecoder, OllamaStream, ollama_chat_body
+from server.config import BackendSettings
+from server.errors import SluiceError
 
 
 class OllamaBackend:

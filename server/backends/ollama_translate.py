@@ -71,10 +71,10 @@ from typing import Any, Final
 
 import orjson
 
-from ..chat_request import ChatRequest
-from ..chunks import chunk_bytes
-from ..errors import RequestError, UpstreamUnavailable
-from ..sse import DONE
+from server.api.chat_completions import ChatRequest
+from server.chunks import chunk_bytes
+from server.errors import RequestError, UpstreamUnavailable
+from server.sse import DONE
 
 MAX_LINE_BYTES: Final = 1 << 20
 

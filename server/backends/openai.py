@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 
-from ..chat_request import ChatRequest
-from ..config import BackendSettings
-from ..errors import UpstreamUnavailable
-from ..sse import EventTooLarge, SSEDecoder
-from .http import BodyReader, HttpUpstream
+from server.api.chat_completions import ChatRequest
+from server.backends.http import BodyReader, HttpUpstream
+from server.config import BackendSettings
+from server.errors import UpstreamUnavailable
+from server.sse import EventTooLarge, SSEDecoder
 
 
 class OpenAIBackend:

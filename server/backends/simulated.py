@@ -21,10 +21,10 @@ from typing import Any
 
 import trio
 
-from ..chat_request import ChatRequest
-from ..chunks import chunk_bytes
-from ..config import BackendSettings
-from ..sse import DONE
+from server.api.chat_completions import ChatRequest
+from server.chunks import chunk_bytes
+from server.config import BackendSettings
+from server.sse import DONE
 
 _SENTENCES = (
     "Sluice relays each token the moment the model produces it.",

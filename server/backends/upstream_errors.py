@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from ..errors import UpstreamStatusError
+from server.errors import UpstreamStatusError
 
 MAX_ERROR_BODY = 64 * 1024
 

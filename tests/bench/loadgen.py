@@ -50,8 +50,8 @@ from typing import Any
 
 import trio
 
-from . import procfs
-from .wire import ResponseReader, State, Tally, chat_request
+from tests.bench import procfs
+from tests.bench.wire import ResponseReader, State, Tally, chat_request
 
 RECEIVE_BYTES = 64 * 1024
 # A request sent less than this long before the deadline may rightly be unanswered.

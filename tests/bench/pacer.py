@@ -1,6 +1,6 @@
 """A paced upstream that can offer 50,000 chunks/s from a shared core: the bench's ``pacer``.
 
-The fake upstream (`server.fake_upstream`) gives every paced stream its own
+The fake upstream (`server.testing.fake_upstream`) gives every paced stream its own
 trio task, a ``sleep_until`` and a ``send_all`` per token: on this machine
 kind that is ~30 µs of CPU per chunk, so one core (shared with the load
 generator) cannot offer more than ~20k paced chunks/s — short of the 50k the
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from server.fake_upstream import chunks as c
-from server.fake_upstream.http11 import (
+from server.testing.fake_upstream import chunks as c
+from server.testing.fake_upstream.http11 import (
     LAST_CHUNK,
     MAX_HEAD_BYTES,
     BadRequest,
@@ -44,9 +44,9 @@ from server.fake_upstream.http11 import (
     response,
     response_head,
 )
-from server.fake_upstream.plan import JSON, SSE_HEADERS
-from server.fake_upstream.request import ChatRequest, InvalidChatRequest
-from server.fake_upstream.scenario import Scenario, parse_fields
+from server.testing.fake_upstream.plan import JSON, SSE_HEADERS
+from server.testing.fake_upstream.request import ChatRequest, InvalidChatRequest
+from server.testing.fake_upstream.scenario import Scenario, parse_fields
 
 RECEIVE_BYTES = 64 * 1024
 _SUPPORTED = {"tokens", "tps", "first_delay", "timestamps"}

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import procfs
+from tests.bench import procfs
 
 REPO = Path(__file__).resolve().parents[2]
 RELAY_CORE = {0}

@@ -32,11 +32,11 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from . import processes
-from .loadgen import DRIVERS, LoadSpec, raise_fd_limit
-from .processes import LOAD_CORE
-from .report import metrics
-from .scenarios import select
+from tests.bench import processes
+from tests.bench.loadgen import DRIVERS, LoadSpec, raise_fd_limit
+from tests.bench.processes import LOAD_CORE
+from tests.bench.report import metrics
+from tests.bench.scenarios import select
 
 # (component, path fragments), checked in order for each frame from the leaf up.
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (

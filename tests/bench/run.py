@@ -31,12 +31,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import processes, procfs
-from .loadgen import DRIVERS, LoadSpec, raise_fd_limit
-from .processes import LOAD_CORE, Proc
-from .report import HOW_TO_READ, Metrics, derive, median_metrics, metrics, table, targets_table
-from .scenarios import BenchScenario, select
-from .variants import VARIANTS, known
+from tests.bench import processes, procfs
+from tests.bench.loadgen import DRIVERS, LoadSpec, raise_fd_limit
+from tests.bench.processes import LOAD_CORE, Proc
+from tests.bench.report import (
+    HOW_TO_READ,
+    Metrics,
+    derive,
+    median_metrics,
+    metrics,
+    table,
+    targets_table,
+)
+from tests.bench.scenarios import BenchScenario, select
+from tests.bench.variants import VARIANTS, known
 
 LOADGEN_SLACK = 90.0  # seconds beyond a run's planned length before the load process is killed
 

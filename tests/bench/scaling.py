@@ -33,10 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import processes, procfs
-from .loadgen import LoadSpec, raise_fd_limit
-from .processes import RELAY_CORE
-from .run import run_loadgen
+from tests.bench import processes, procfs
+from tests.bench.loadgen import LoadSpec, raise_fd_limit
+from tests.bench.processes import RELAY_CORE
+from tests.bench.run import run_loadgen
 
 BOTH_CORES = {0, 1}
 SETUPS = (("1 worker, core 0", 1, RELAY_CORE),

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import trio
 
-from server.fake_upstream import FakeUpstream, Scenario
+from server.testing.fake_upstream import FakeUpstream, Scenario
 from tests.conftest import chat_body, running_sluice, settings_for
 
 WARM_UP = 20

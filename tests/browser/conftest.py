@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .webdriver import Browser, open_browser
+from tests.browser.webdriver import Browser, open_browser
 
 MISSING = ("needs Chromium and chromedriver: apt-get install chromium chromium-driver "
            "(or set SLUICE_CHROMIUM / SLUICE_CHROMEDRIVER)")

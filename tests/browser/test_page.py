@@ -14,10 +14,9 @@ import pytest
 import trio
 
 from server.config import Settings, parse_settings
-from server.fake_upstream import FakeUpstream, Scenario
-
-from ..conftest import PROMPTLY, RunningSluice, running_sluice
-from .webdriver import Browser
+from server.testing.fake_upstream import FakeUpstream, Scenario
+from tests.browser.webdriver import Browser
+from tests.conftest import PROMPTLY, RunningSluice, running_sluice
 
 MODEL = "fake-model"
 # The fake upstream's pace: slow enough that the reply is mid-stream when Stop is pressed.

@@ -1,0 +1,72 @@
+"""Where the stream's nursery lives in Quart: an ASGI HTTP connection class.
+
+Quart sends ``http.response.start`` before it enters a response body, so a
+body that fails before its first byte could only ever be a 200. A view
+therefore returns a `StreamResponse` — a plan, not a body — and this
+connection class runs it with `serve_stream`, which sends the status only
+once it knows it (first content chunk, first keepalive, or the error).
+
+It also turns hypercorn's ``http.disconnect`` into an event. quart-trio
+cancels the whole request task when the client leaves; here, while a stream
+runs, the stream's own disconnect watcher reacts instead — it cancels the
+stream with the reason "client disconnected" and the stream records why it
+ended. Outside a stream (reading the body, plain views) we behave like
+quart-trio and cancel at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
+from quart.asgi import ASGIHTTPConnection
+from quart.wrappers import Request
+from quart_trio.asgi import TrioASGIHTTPConnection
+from quart_trio.wrappers import TrioResponse
+
+from server.metrics import Metrics
+from server.stream.nursery import StreamPlan, serve_stream
+
+# Set by quart-trio/werkzeug from an empty body; a stream has no length.
+_NOT_FOR_STREAMS = frozenset({b"content-length", b"content-type"})
+
+
+class StreamResponse(TrioResponse):
+    """What the chat view returns: the plan of a stream, run by `SluiceHTTPConnection`."""
+
+    def __init__(self, plan: StreamPlan, metrics: Metrics) -> None:
+        super().__init__(b"")
+        self.plan = plan
+        self.metrics = metrics
+        self.timeout = None  # never Quart's RESPONSE_TIMEOUT: streams run for minutes
+
+
+class SluiceHTTPConnection(TrioASGIHTTPConnection):
+    async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        request = self._create_request_from_scope(send)
+        self.client_gone = trio.Event()
+        self.streaming = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._receive_messages, nursery, request, receive)
+            nursery.start_soon(self.handle_request, nursery, request, send)
+
+    async def _receive_messages(
+        self, nursery: trio.Nursery, request: Request, receive: ASGIReceiveCallable
+    ) -> None:
+        await ASGIHTTPConnection.handle_messages(self, request, receive)  # until disconnect
+        self.client_gone.set()
+        if not self.streaming:
+            nursery.cancel_scope.cancel("client disconnected")
+
+    async def _send_response(self, send: ASGISendCallable, response: Any) -> None:
+        if not isinstance(response, StreamResponse):
+            await super()._send_response(send, response)
+            return
+        self.streaming = True
+        headers = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in response.headers.items()
+            if name.lower().encode("latin-1") not in _NOT_FOR_STREAMS
+        ]
+        await serve_stream(response.plan, send, headers, self.client_gone, response.metrics)

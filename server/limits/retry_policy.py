@@ -1,0 +1,63 @@
+"""What to do after an upstream attempt failed before the commit point.
+
+Pure: an error and how many times this backend was already retried in, a
+`Decision` out. The policy the field has converged on:
+
+| failure                                   | decision                                  |
+|-------------------------------------------|-------------------------------------------|
+| 400-class request error (context length,  | give up: relay it faithfully; another     |
+| invalid params, content filter, auth)     | backend would refuse the same request     |
+| 429                                       | retry here after Retry-After (capped) or  |
+|                                           | backoff, then fail over                   |
+| 5xx, reset, broken or cut before content  | retry here after backoff, then fail over  |
+| connect timeout, no first chunk in time   | fail over at once: a silent provider      |
+|                                           | stays silent                              |
+
+Backoff is exponential with full jitter (``uniform(0, min(max, base·2ⁿ))``),
+so retrying clients do not march in step.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+from server.config import RetryPolicy
+from server.errors import SluiceError, UpstreamError, UpstreamStatusError, UpstreamTimeout
+
+Action = Literal["retry", "fail_over", "give_up"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    delay: float = 0.0  # seconds to wait before the retry
+
+
+def decide(error: SluiceError, retries_here: int, policy: RetryPolicy,
+           rng: random.Random) -> Decision:
+    if not isinstance(error, UpstreamError) or not error.retryable:
+        return Decision("give_up")
+    if isinstance(error, UpstreamTimeout):
+        return Decision("fail_over")
+    if retries_here >= policy.same_backend_retries:
+        return Decision("fail_over")
+    if isinstance(error, UpstreamStatusError) and error.upstream_status == 429 \
+            and error.retry_after is not None:
+        return Decision("retry", min(error.retry_after, policy.retry_after_cap))
+    return Decision("retry", backoff(retries_here, policy, rng))
+
+
+def backoff(retries: int, policy: RetryPolicy, rng: random.Random) -> float:
+    ceiling = min(policy.backoff_max, policy.backoff_base * 2 ** retries)
+    return rng.uniform(0, ceiling)
+
+
+def counts_against_backend(error: SluiceError) -> bool:
+    """Does this failure say the backend is unhealthy (for its circuit breaker)?
+
+    A relayed request error (400, 401, 404, ...) is the request's fault, not
+    the backend's; everything else an upstream does wrong counts, 429 included.
+    """
+    return isinstance(error, UpstreamError) and error.retryable
