@@ -14,6 +14,8 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = ["3.11"]
+# Every Python the package claims (requires-python >= 3.11): the suite runs on each.
+SUPPORTED_PYTHONS = ["3.11", "3.12", "3.13"]
 PROJECT = nox.project.load_toml("pyproject.toml")
 
 
@@ -21,7 +23,7 @@ def _install_group(session: nox.Session, name: str) -> None:
     session.install(*nox.project.dependency_groups(PROJECT, name))
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=SUPPORTED_PYTHONS)
 def tests(session: nox.Session) -> None:
     """The whole test suite against real sockets (includes the >60 s stream test)."""
     session.install("-e", ".")

@@ -5,7 +5,7 @@
 Views are thin. The chat view validates, routes and returns a
 `StreamResponse` — a plan — which `SluiceHTTPConnection` runs as one
 stream in one nursery (`server.stream.nursery`). Shared resources (the backends and
-their httpx pools) are opened in the app's serving lifespan and closed when
+their idle connections) are opened in the app's serving lifespan and closed when
 it ends; nothing lives at module level but `app` itself.
 
 Quart's defaults are set on purpose: ``RESPONSE_TIMEOUT`` would silently cut
@@ -85,7 +85,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     gateway = Gateway(settings, metrics)
     app.extensions["sluice.gateway"] = gateway
 
-    # The backends (and their httpx pools) live as long as serving does. An exit
+    # The backends (and their idle connections) live as long as serving does. An exit
     # stack rather than a `while_serving` generator: a generator that is never
     # resumed (serving cancelled outright) would be finalised by the GC, outside
     # any task.

@@ -3,8 +3,8 @@
     async with open_backends(settings, os.environ) as backends:
         ...   # a tuple of `Backend`, in configuration order
 
-Backends of kind ``openai`` and ``ollama`` each own an httpx client (their
-connection pool); leaving the ``async with`` closes them.
+Backends of kind ``openai`` and ``ollama`` each own an `HttpUpstream` (their
+idle connections, `server.backends.http`); leaving the ``async with`` closes them.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ The client's ``/v1/chat/completions`` request is translated into an
 by `server.backends.ollama_translate` — its docstring lists which OpenAI
 options map and which are dropped. This module only moves bytes, and does it
 exactly as `server.backends.openai` does: the connection lives as long as
-the ``async with``, httpx owns only the connect timeout (the relay owns the
+the ``async with``, the transport owns only the connect timeout (the relay owns the
 first-chunk and idle timers), and failures become the relay's vocabulary::
 
     async with backend.open_stream(request) as payloads:

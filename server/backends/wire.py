@@ -4,7 +4,7 @@ Just what a streaming POST to a model server needs, no more: one request
 written as one block, the response head parsed with one search, and the body
 framed by ``Transfer-Encoding: chunked``, ``Content-Length`` or the
 connection closing. Pure functions and a small state machine, so every
-framing case is tested without sockets (`tests/test_wire.py`).
+framing case is tested without sockets (`tests/backends/test_wire.py`).
 
     head = parse_head(buffer)            # None until the blank line arrived
     body = BodyFraming.for_head(head)

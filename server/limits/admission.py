@@ -2,10 +2,10 @@
 
 `Slots` is a weighted, first-come-first-served semaphore: a streaming request
 may hold more slots than a buffered one (it holds them far longer). A slot is
-taken before any upstream call and released when the holder's ``with``
-exits — however the stream ends, cancellation before the first chunk
-included. The wait is bounded by the caller (`trio.fail_after`) and becomes
-a 429 with Retry-After instead of a hang.
+taken before any upstream call and released in the ``finally`` of the
+stream that holds it — however the stream ends, cancellation before the
+first chunk included. The wait is bounded by the caller
+(`trio.move_on_after`) and becomes a 429 with Retry-After instead of a hang.
 
     slots = Slots(total=1000)
     if slots.try_acquire(weight):     # free: no wait, no timer, no trip through the scheduler

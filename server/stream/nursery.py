@@ -1,13 +1,10 @@
 """One stream's life: a nursery holding the upstream reader, the channel and a disconnect watcher.
 
-    ┌───────────────────────── serve_stream: one nursery ──────────────────────────┐
-    │ pump_upstream ──► bounded memory channel ──► plan.write_body                 │──► ASGI send
-    │ (owns the upstream    (backpressure)          (server.stream.writers: the    │
-    │  connection & timers)                          nursery's own body)           │
-    │ watch_stream: client gone ──► cancel("client disconnected")                  │
-    │               silent for keepalive_interval ──► Heartbeat into the channel   │
-    └──────────────────────────────────────────────────────────────────────────────┘
-     scope exit: upstream connection closed, channel closed, gauge and metrics recorded
+The pump (`server.stream.pump`) fills a bounded channel, the writer (the
+nursery's own body, a `BodyWriter` of `server.stream.writers`) drains it into
+the response, and `watch_stream` cancels the nursery when the client leaves
+and puts a `Heartbeat` into the channel when the response has been silent
+too long. The README's "One nursery per stream" has the picture.
 
 Whatever ends the stream — completion, the client leaving, an upstream failure,
 a timeout, shutdown — ends the nursery, and leaving it releases everything the

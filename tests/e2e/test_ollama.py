@@ -4,7 +4,7 @@ Real sockets both sides: clients (httpx, the openai SDK) speak OpenAI to
 Sluice; Sluice speaks NDJSON ``/api/chat`` to the fake at its root URL.
 What every backend kind does alike (disconnects, timeouts, refused
 connections, non-streaming aggregation and its cut) is proven for both kinds in
-`tests/test_relay.py`; this module holds what is Ollama's own.
+`tests/e2e/test_relay.py`; this module holds what is Ollama's own.
 """
 
 from __future__ import annotations
