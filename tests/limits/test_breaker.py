@@ -6,6 +6,9 @@ an argument, so no clock is needed):
     F@t  record a failure         S@t  record a success
     A+@t allow() must say yes     A-@t allow() must say no
     D    abandon the request let through
+    P+   let_through() (panic routing), the first since the last change
+    P-   let_through(), not the first
+    B+@t blocks() must say yes    B-@t blocks() must say no
 """
 
 from __future__ import annotations
@@ -34,8 +37,12 @@ def run(breaker: CircuitBreaker, script: str) -> list[State]:
                 changes.append(change)
         elif op in ("A+", "A-"):
             assert breaker.allow(now) is (op == "A+"), f"{step} in {script!r}"
+        elif op in ("B+", "B-"):
+            assert breaker.blocks(now) is (op == "B+"), f"{step} in {script!r}"
         elif op == "D":
             breaker.abandon()
+        elif op in ("P+", "P-"):
+            assert breaker.let_through() is (op == "P+"), f"{step} in {script!r}"
         else:
             raise ValueError(f"unknown step {step!r}")
     return changes
@@ -73,6 +80,23 @@ RULES: list[tuple[str, BreakerSettings, str, State, list[State]]] = [
      "F@0 F@0 F@0 F@0 A+@30 S@30 F@31 S@31 F@31", "closed", ["open", "closed"]),
     ("a late success while open does not close it (the probe decides)", RUN,
      "F@0 F@0 F@0 S@5 A-@5", "open", ["open"]),
+    ("blocks says what allow would, and takes nothing", RUN,
+     "B-@0 F@0 F@0 F@0 B+@29 B-@30 B-@30 A+@30 B+@30 D B-@30", "half_open", ["open"]),
+    # Panic routing: every backend refused, one was let through anyway.
+    ("a request let through that succeeds closes the circuit", RUN,
+     "F@0 F@0 F@0 P+ S@5 A+@5", "closed", ["open", "closed"]),
+    ("a request let through that fails opens it for a fresh cooldown", RUN,
+     "F@0 F@0 F@0 P+ F@10 B+@39 A-@39 A+@40", "half_open", ["open"]),
+    ("...even when the counts alone would not open it", RUN,  # the late success reset them
+     "F@0 F@0 F@0 S@5 P+ F@10 B+@39 A+@40", "half_open", ["open"]),
+    ("only the first request let through is news", RUN,
+     "F@0 F@0 F@0 P+ P- F@10 P- P- S@12", "closed", ["open", "closed"]),
+    ("news again after the circuit changed", RUN,
+     "F@0 F@0 F@0 P+ A+@30 P- F@31 P+ P-", "open", ["open", "open"]),
+    ("beside a probe, a request let through that succeeds closes it", RUN,
+     "F@0 F@0 F@0 A+@30 B+@30 P+ S@31 A+@31", "closed", ["open", "closed"]),
+    ("once it opens again, a late success no longer closes it", RUN,
+     "F@0 F@0 F@0 P+ S@1 F@2 F@2 F@2 S@3 A-@3", "open", ["open", "closed", "open"]),
 ]
 
 

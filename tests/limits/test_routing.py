@@ -57,7 +57,27 @@ PICKS: list[tuple[str, list[str], set[str], bool, str | None]] = [
      ["a p=0 open=90", "b p=0 open=95", "c p=1 busy=4"], set(), True, "c"),
     ("every route failed this request", ["a", "b"], {"a", "b"}, True, None),
     ("every route full", ["a cap=1 busy=1", "b cap=2 busy=2"], set(), True, None),
-    ("every usable route open", ["a p=0 open=90", "b p=1 open=80"], set(), True, None),
+    # Panic routing: every route not excluded is refused by its breaker.
+    ("the only backend, open, is routed to anyway", ["a open=90"], set(), True, "a"),
+    ("every route open: the one whose cooldown ends first",
+     ["a p=0 open=90", "b p=1 open=80", "c p=0 open=85"], set(), True, "b"),
+    ("the open route left when the others failed this request",
+     ["a p=0 open=80", "b p=1 open=90"], {"a"}, True, "b"),
+    ("a half-open route with its probe out comes first",
+     ["a p=0 open=90", "b p=1 open=70 probe"], set(), True, "b"),
+    ("equal cooldowns: the lower tier", ["a p=1 open=90", "b p=0 open=90"], set(), True, "b"),
+    ("equal cooldowns in one tier: the less busy",
+     ["a open=90 busy=2", "b open=90 busy=1"], set(), True, "b"),
+    ("no panic while a healthy route is only full: it is waited for",
+     ["a p=0 open=90", "b p=1 cap=1 busy=1"], set(), True, None),
+    ("...and then the full healthy route is the one",
+     ["a p=0 open=90", "b p=1 cap=1 busy=1"], set(), False, "b"),
+    ("a panic route needs room too", ["a open=90 cap=1 busy=1", "b open=80 cap=1 busy=1"],
+     set(), True, None),
+    ("...unless the caller will wait", ["a open=90 cap=1 busy=1", "b open=80 cap=1 busy=1"],
+     set(), False, "b"),
+    ("a panic route with room over one without",
+     ["a open=90", "b open=80 cap=1 busy=1"], set(), True, "a"),
 ]
 
 
@@ -76,6 +96,25 @@ def test_picking_a_route_past_its_cooldown_takes_its_one_probe() -> None:
     second = pick(routes, set(), NOW, random.Random(1))
     assert first is not None and second is not None
     assert (first.name, first.breaker.state, second.name) == ("a", "half_open", "b")
+
+
+def test_panic_routing_is_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    routes = [route("a p=0 open=90"), route("b p=1 open=95")]
+    for _ in range(3):
+        chosen = pick(routes, set(), NOW, random.Random(1))
+        assert chosen is routes[0]
+    assert [r.panic_routes for r in routes] == [3, 0]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sluice.routing"]
+    assert len(warnings) == 1 and "routing to a anyway" in warnings[0]
+
+
+def test_a_panic_routed_success_closes_the_circuit_and_routing_is_normal_again() -> None:
+    routes = [route("a p=0 open=90"), route("b p=1 open=95")]
+    chosen = pick(routes, set(), NOW, random.Random(1))
+    assert chosen is routes[0]
+    assert chosen.breaker.record(True, NOW + 1) == "closed"
+    assert pick(routes, set(), NOW + 1, random.Random(1)) is routes[0]
+    assert routes[0].panic_routes == 1  # the second pick was an ordinary one
 
 
 def test_least_busy_splits_an_idle_tier_by_weight() -> None:
