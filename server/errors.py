@@ -14,7 +14,7 @@ JSON a client sees; nothing else in the gateway builds error bodies.
     │   ├── UpstreamUnavailable      502  refused, reset, broken, malformed
     │   ├── UpstreamTimeout          504  connect / first chunk / idle
     │   └── StreamCut                502  ended before its finish_reason
-    ├── NoBackendAvailable           503  all backends failed, open or saturated
+    ├── NoBackendAvailable           503  all backends failed this request, or saturated
     ├── TooManyRequests              429  the gateway is full, or the client's rate limit
     └── ShuttingDown                 503  the worker is draining; retry elsewhere
 

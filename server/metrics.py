@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from server.limits.breaker import STATE_VALUES
@@ -98,11 +98,18 @@ class _LiveState(Collector):
         circuit = GaugeMetricFamily(
             "sluice_backend_circuit_state",
             "Circuit breaker per backend: 0 closed, 1 half-open, 2 open.", labels=["backend"])
+        # Counted by routing itself (`Route.panic_routes`), which has no metrics to hand.
+        panic = CounterMetricFamily(
+            "sluice_breaker_panic_routes",
+            "Attempts sent to a backend whose circuit was open, because every backend "
+            "the request could use was (panic routing).", labels=["backend"])
         for route in self._routes():
             in_flight.add_metric([route.name], route.in_flight)
             circuit.add_metric([route.name], STATE_VALUES[route.breaker.state])
+            panic.add_metric([route.name], route.panic_routes)
         yield in_flight
         yield circuit
+        yield panic
         yield GaugeMetricFamily("sluice_admission_slots_used",
                                 "Admission slots held by running requests.",
                                 value=self._slots.used)

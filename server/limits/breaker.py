@@ -11,6 +11,12 @@ While open, routing skips the backend, so a flapping primary does not tax
 every request with its timeout. A probe whose outcome never comes (the
 client left) is `abandon`-ed, which lets the next request probe instead.
 
+A breaker routes *around* a failing backend; it must never be the outage
+itself. When every backend a request may use refuses it, routing lets one
+through anyway (`let_through`, Envoy's "panic" idea): the outcome of such a
+request counts like a probe's — a success closes the circuit at once, a
+failure opens it for a fresh cooldown.
+
     breaker = CircuitBreaker(settings)
     if breaker.allow(now):
         ... breaker.record(ok, now)   # or breaker.abandon()
@@ -35,16 +41,20 @@ class CircuitBreaker:
         self._consecutive = 0
         self._window: deque[bool] = deque(maxlen=settings.window)
         self._probing = False
+        self._let_through = False  # a request went through while it refused (panic)
+
+    def blocks(self, now: float) -> bool:
+        """Would `allow` refuse now? Asking takes nothing (not even the probe)."""
+        if self.state == "open":
+            return now - self._opened_at < self._settings.cooldown
+        return self.state == "half_open" and self._probing
 
     def allow(self, now: float) -> bool:
         """May a request go to this backend now? In half-open, only one (the probe)."""
-        if self.state == "open":
-            if now - self._opened_at < self._settings.cooldown:
-                return False
+        if self.blocks(now):
+            return False
+        if self.state != "closed":  # open past its cooldown, or half-open with no probe out
             self.state = "half_open"
-        if self.state == "half_open":
-            if self._probing:
-                return False
             self._probing = True
         return True
 
@@ -61,15 +71,29 @@ class CircuitBreaker:
         self._window.append(success)
         if success:
             self._consecutive = 0
-            if self.state == "half_open":
+            if self.state == "half_open" or self._let_through:
                 self.state = "closed"
                 self._window.clear()
         else:
             self._consecutive += 1
-            if self.state == "half_open" or self._tripped():
-                self.state = "open"
+            if self.state != "closed" or self._tripped():
+                self.state = "open"  # again, if it was: a fresh cooldown from now
                 self._opened_at = now
-        return self.state if self.state != before else None
+        if self.state != before:
+            self._let_through = False
+            return self.state
+        return None
+
+    def let_through(self) -> bool:
+        """A request goes to this backend although it `blocks` (every other one does too).
+
+        Its outcome then decides, as a probe's would: `record` closes the
+        circuit on a success. True for the first such request since the
+        circuit last changed state, so that routing logs once, not per request.
+        """
+        first = not self._let_through
+        self._let_through = True
+        return first
 
     def abandon(self) -> None:
         """The request allowed through never finished (cancelled): free the probe."""

@@ -15,6 +15,23 @@ Pure: an error and how many times this backend was already retried in, a
 
 Backoff is exponential with full jitter (``uniform(0, min(max, base·2ⁿ))``),
 so retrying clients do not march in step.
+
+What counts against a backend's circuit breaker (`counts_against_backend`)
+is a separate question — is the *backend* unhealthy? — with its own table:
+
+| outcome of an attempt                      | breaker | why                              |
+|--------------------------------------------|---------|----------------------------------|
+| 5xx, reset or refused, timeout, cut,       | failure | the backend failed               |
+| malformed stream, in-band error event      |         |                                  |
+| 429                                        | failure | Sluice calls with the backend's  |
+|                                            |         | own key, so it is that key's     |
+|                                            |         | quota or the server's capacity,  |
+|                                            |         | spent for every client alike     |
+| 400-class error relayed (context length,   | success | the request's fault; the backend |
+| invalid params, auth, content-filter 400)  |         | answered, a sign of life         |
+| a content filter's ``finish_reason``       | success | a complete answer                |
+| the client left, the drain ended it        | nothing | no outcome: the attempt is       |
+|                                            |         | abandoned, not recorded          |
 """
 
 from __future__ import annotations
@@ -58,6 +75,8 @@ def counts_against_backend(error: SluiceError) -> bool:
     """Does this failure say the backend is unhealthy (for its circuit breaker)?
 
     A relayed request error (400, 401, 404, ...) is the request's fault, not
-    the backend's; everything else an upstream does wrong counts, 429 included.
+    the backend's, and Sluice's own refusals never reached it; everything else
+    an upstream does wrong counts, 429 included (see the module's table). An
+    attempt cancelled because the client left has no outcome and never gets here.
     """
     return isinstance(error, UpstreamError) and error.retryable

@@ -12,11 +12,19 @@ with long generations answers new requests slower — while weights still
 split an idle tier in proportion. Round-robin or pure weighted random would
 keep sending new streams to a backend that is still holding many.
 
+A breaker exists to route *around* a failing backend, never to be the
+outage: when the circuit of every route a request may still use refuses it
+(the common deployment has one backend per model; a model server restarting
+answers 503 a few times), the request goes anyway — **panic routing**, after
+Envoy's panic threshold — to the route whose cooldown ends first. Its
+outcome then counts like a probe's: a success closes the circuit.
+
     route = pick(routes, excluded, now, rng)     # None: nothing usable
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Iterable, Sequence
@@ -28,12 +36,15 @@ from server.backends.base import Backend
 from server.config import BreakerSettings
 from server.limits.breaker import CircuitBreaker
 
+log = logging.getLogger("sluice.routing")
+
 
 @dataclass(eq=False)
 class Route:
     backend: Backend
     breaker: CircuitBreaker
     limiter: trio.CapacityLimiter = field(init=False)
+    panic_routes: int = field(default=0, init=False)  # requests sent although its circuit refused
 
     def __post_init__(self) -> None:
         limit = self.backend.settings.max_concurrency
@@ -78,20 +89,36 @@ def pick(routes: Sequence[Route], excluded: set[str], now: float, rng: random.Ra
     A route is usable when it is not excluded (it failed this request), its
     breaker lets a request through and, with ``need_room``, it has a free
     concurrency slot. The chosen route's breaker is asked last: in half-open
-    state, asking *is* taking the single probe.
+    state, asking *is* taking the single probe. When every route not excluded
+    is refused by its breaker, the one whose cooldown ends first is chosen
+    anyway (panic routing; see the module docstring).
     """
+    eligible = [r for r in routes if r.name not in excluded]
     by_tier: dict[int, list[Route]] = {}
-    for route in routes:
-        if route.name in excluded or (need_room and not route.has_room):
-            continue
-        if route.breaker.state == "open" and route.breaker.retry_in(now) > 0:
-            continue
-        by_tier.setdefault(route.backend.settings.priority, []).append(route)
-    for priority in sorted(by_tier):
-        tier = by_tier[priority]
-        while tier:
-            route = least_busy(tier, rng)
-            if route.breaker.allow(now):
-                return route
-            tier.remove(route)  # half-open with its probe already out
+    for route in eligible:
+        if not route.breaker.blocks(now) and (route.has_room or not need_room):
+            by_tier.setdefault(route.backend.settings.priority, []).append(route)
+    if by_tier:
+        route = least_busy(by_tier[min(by_tier)], rng)
+        route.breaker.allow(now)  # it does not block, so this says yes (and may take the probe)
+        return route
+    if eligible and all(r.breaker.blocks(now) for r in eligible):
+        return _panic(eligible, now, rng, need_room=need_room)
     return None
+
+
+def _panic(blocked: list[Route], now: float, rng: random.Random, *,
+           need_room: bool) -> Route | None:
+    """Every route's circuit refuses: take the one whose cooldown ends first, anyway."""
+    roomy = [r for r in blocked if r.has_room or not need_room]
+    if not roomy:
+        return None
+    soonest = min(r.breaker.retry_in(now) for r in roomy)
+    first = [r for r in roomy if r.breaker.retry_in(now) == soonest]
+    top = min(r.backend.settings.priority for r in first)
+    route = least_busy([r for r in first if r.backend.settings.priority == top], rng)
+    route.panic_routes += 1
+    if route.breaker.let_through():
+        log.warning("every backend for this request has its circuit open: routing to %s "
+                    "anyway until one closes (panic routing)", route.name)
+    return route
