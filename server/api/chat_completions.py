@@ -28,6 +28,8 @@ class ChatRequest:
     include_usage: bool  # the client asked for the usage chunk
     max_tokens: int | None
     body: dict[str, Any]  # the request as the client sent it
+    # The last message is the answer so far, to be continued (`server.stream.continuation`).
+    continues_answer: bool = False
 
     def upstream_body(self, model: str | None = None, *,
                       stream_options: bool = True) -> dict[str, Any]:
@@ -45,6 +47,8 @@ class ChatRequest:
             body = {**body, "model": model}
         if not stream_options and "stream_options" in body:
             body = {key: value for key, value in body.items() if key != "stream_options"}
+        if self.continues_answer:  # vLLM's way to continue a final assistant message
+            body = {**body, "continue_final_message": True, "add_generation_prompt": False}
         return body
 
     def continued(self, prefix: str) -> ChatRequest:
