@@ -42,7 +42,8 @@ from server.metrics import Metrics
 from server.serving.lifecycle import Lifecycle
 from server.stream.channel import HEARTBEAT, BodyWriter, ChannelItem
 from server.stream.late_status import ASGISend, Headers, LateStatusResponse
-from server.stream.pump import PumpContext, PumpStats, pump_upstream
+from server.stream.progress import StreamProgress
+from server.stream.pump import PumpContext, pump_upstream
 
 log = logging.getLogger("sluice.stream")
 
@@ -70,7 +71,7 @@ async def serve_stream(
     metrics: Metrics,
 ) -> None:
     """Run one stream in its own nursery and account for how it ended."""
-    stats = PumpStats()
+    progress = StreamProgress()
     response = LateStatusResponse(send, extra_headers)
     error: SluiceError | None = None
     outcome = "cancelled"
@@ -95,7 +96,7 @@ async def serve_stream(
                                         code="gateway_busy", retry_after=1.0)
                 await response.fail(error)
             else:
-                nursery.start_soon(pump_upstream, plan.request, plan.pump, items_in, stats,
+                nursery.start_soon(pump_upstream, plan.request, plan.pump, items_in, progress,
                                    upstream)
                 error = await plan.write_body(items_out, response)
             watcher.cancel()  # the pump may still drain a finished upstream: let it
@@ -108,7 +109,7 @@ async def serve_stream(
             outcome = "client_disconnect"  # cancelled from outside, but the client had left
         if outcome == "client_disconnect":
             metrics.client_disconnects.inc()
-        _record(plan, stats, outcome, error, metrics)
+        _record(plan, progress, outcome, error, metrics)
         plan.lifecycle.stream_ended(upstream)
 
 
@@ -165,23 +166,23 @@ def _outcome(error: SluiceError | None) -> str:
     return "upstream_error"
 
 
-def _record(plan: StreamPlan, stats: PumpStats, outcome: str, error: SluiceError | None,
-            metrics: Metrics) -> None:
-    backend = stats.served_by or "none"
+def _record(plan: StreamPlan, progress: StreamProgress, outcome: str,
+            error: SluiceError | None, metrics: Metrics) -> None:
+    backend = progress.served_by or "none"
     now = trio.current_time()
     metrics.stream_outcomes.labels(outcome).inc()
     metrics.stream_duration.labels(backend).observe(now - plan.received_at)
-    metrics.chunks_per_stream.observe(stats.chunks)
-    if stats.first_content_at is not None:
+    metrics.chunks_per_stream.observe(progress.chunks)
+    if progress.first_content_at is not None:
         metrics.time_to_first_chunk.labels(backend).observe(
-            stats.first_content_at - plan.received_at)
+            progress.first_content_at - plan.received_at)
     if error is not None:
         log.warning("stream %s via %s ended: %s after %d attempt(s) [%s] %s", plan.request_id,
-                    backend, outcome, stats.attempts, error.error_id, error.detail)
+                    backend, outcome, progress.attempts, error.error_id, error.detail)
     else:
         # A log record costs ~70 µs here (5% of opening a stream): a stream that
         # completed is logged at debug only; the metrics above count every one.
         level = logging.DEBUG if outcome == "completed" else logging.INFO
         log.log(level, "stream %s via %s ended: %s after %d chunks, %d attempt(s), in %.3f s",
-                plan.request_id, backend, outcome, stats.chunks, stats.attempts,
+                plan.request_id, backend, outcome, progress.chunks, progress.attempts,
                 now - plan.received_at)
