@@ -4,7 +4,7 @@
         if reservation is None:
             ...                                    # nothing usable, or all stayed full
         ... the attempt, via reservation.route ...
-        change = reservation.record(healthy, trio.current_time())   # the breaker's verdict
+        change = reservation.record(error, trio.current_time())   # None: the attempt went well
     # left, however: the slot is given back, and a probe with no recorded outcome too
 
 A route is chosen by `server.limits.routing.pick`: the first usable tier,
@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 import trio
 
-from server.errors import NoBackendAvailable
+from server.errors import NoBackendAvailable, SluiceError
 from server.limits.breaker import State
+from server.limits.retry_policy import counts_against_backend
 from server.limits.routing import Route, pick
 
 
@@ -42,9 +43,13 @@ class Reservation:
     probe: bool  # allowed through a half-open breaker: this attempt is its one probe
     recorded: bool = False
 
-    def record(self, healthy: bool, now: float) -> State | None:
-        """Tell the route's breaker how the attempt went; return its new state if it changed."""
+    def record(self, error: SluiceError | None, now: float) -> State | None:
+        """Tell the route's breaker how the attempt ended; return its new state if it changed.
+
+        A relayed request error (a 400) says nothing about the backend's health.
+        """
         self.recorded = True
+        healthy = error is None or not counts_against_backend(error)
         return self.route.breaker.record(healthy, now)
 
 

@@ -35,8 +35,9 @@ re-sorts its deadline heap — at 50 chunks/s it was 8.6% of the worker's CPU
 attempt) drops its own preamble and rewrites its usage to count the whole
 answer (`server.stream.continuation`).
 
-On the hot path (one content chunk) the machine allocates nothing: it
-returns one of a few module-level actions and stores the payload to send.
+On the hot path (one content chunk) the machine allocates nothing of its
+own: it returns one of a few module-level actions and stores the payload to
+send.
 """
 
 from __future__ import annotations

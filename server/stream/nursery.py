@@ -30,18 +30,13 @@ from dataclasses import dataclass
 import trio
 
 from server.api.chat_completions import ChatRequest
-from server.errors import (
-    ShuttingDown,
-    SluiceError,
-    TooManyRequests,
-    UpstreamStatusError,
-    UpstreamTimeout,
-)
+from server.errors import SluiceError, TooManyRequests
 from server.limits.admission import Slots
 from server.metrics import Metrics
 from server.serving.lifecycle import Lifecycle
 from server.stream.channel import HEARTBEAT, BodyWriter, ChannelItem
 from server.stream.late_status import ASGISend, Headers, LateStatusResponse
+from server.stream.outcome import Outcome, stream_outcome
 from server.stream.progress import StreamProgress
 from server.stream.pump import PumpContext, pump_upstream
 
@@ -74,7 +69,7 @@ async def serve_stream(
     progress = StreamProgress()
     response = LateStatusResponse(send, extra_headers)
     error: SluiceError | None = None
-    outcome = "cancelled"
+    outcome: Outcome = "cancelled"
     held = 0
     upstream = trio.CancelScope()  # the pump's; the end of a drain cancels it
     watcher = trio.CancelScope()
@@ -101,7 +96,7 @@ async def serve_stream(
                 error = await plan.write_body(items_out, response)
             watcher.cancel()  # the pump may still drain a finished upstream: let it
         outcome = "client_disconnect" if client_gone.is_set() and not response.complete \
-            else _outcome(error)
+            else stream_outcome(error)
     finally:
         if held:
             plan.slots.release(held)  # after the nursery: the pump's last read is done too
@@ -152,21 +147,7 @@ async def watch_stream(
                     return  # the writer has finished
 
 
-def _outcome(error: SluiceError | None) -> str:
-    if error is None:
-        return "completed"
-    if isinstance(error, UpstreamTimeout):
-        return "upstream_timeout"
-    if isinstance(error, TooManyRequests):
-        return "overloaded"
-    if isinstance(error, ShuttingDown):
-        return "shutdown"
-    if isinstance(error, UpstreamStatusError) and not error.retryable:
-        return "rejected"
-    return "upstream_error"
-
-
-def _record(plan: StreamPlan, progress: StreamProgress, outcome: str,
+def _record(plan: StreamPlan, progress: StreamProgress, outcome: Outcome,
             error: SluiceError | None, metrics: Metrics) -> None:
     backend = progress.served_by or "none"
     now = trio.current_time()

@@ -33,15 +33,15 @@ import trio
 
 from server.api.chat_completions import ChatRequest
 from server.config import RetryPolicy
-from server.errors import ShuttingDown, SluiceError, UpstreamTimeout
+from server.errors import ShuttingDown, SluiceError
 from server.limits.reservation import Reservation, no_backend, reserve
-from server.limits.retry_policy import counts_against_backend
 from server.limits.routing import Route
 from server.metrics import Metrics
 from server.stream.attempt import COMPLETE, END, Attempt
 from server.stream.channel import ChannelItem, StreamEnd
 from server.stream.continuation import prefill_routes
 from server.stream.fail_over import FailOver
+from server.stream.outcome import Outcome, attempt_outcome
 from server.stream.progress import StreamProgress
 
 log = logging.getLogger("sluice.pump")
@@ -104,8 +104,8 @@ async def _serve(
                            prefer=step.prefer) as reservation:
             if reservation is None:
                 return plan.unreserved(no_backend(context.routes, trio.current_time()))
-            backend = reservation.route.backend
-            attempt = plan.start(backend.settings.name, backend.settings.timeouts,
+            route = reservation.route
+            attempt = plan.start(route.name, route.backend.settings.timeouts,
                                  trio.current_time())
             end = await _attempt(reservation, attempt, channel, context.metrics)
         after = plan.ended(end, trio.current_time())
@@ -121,13 +121,12 @@ async def _attempt(reservation: Reservation, attempt: Attempt,
                    metrics: Metrics) -> StreamEnd | None:
     """One upstream request, accounted to its backend's breaker and metrics."""
     route = reservation.route
-    outcome = "cancelled"
+    outcome: Outcome = "cancelled"
     try:
         end = await _relay(route, attempt, channel)
         error = None if end is None else end.error
-        outcome = _attempt_outcome(error)
-        healthy = error is None or not counts_against_backend(error)
-        change = reservation.record(healthy, trio.current_time())
+        outcome = attempt_outcome(error)
+        change = reservation.record(error, trio.current_time())
         if change is not None:
             metrics.breaker_transitions.labels(route.name, change).inc()
             log.warning("circuit of backend %s is now %s", route.name, change)
@@ -136,16 +135,6 @@ async def _attempt(reservation: Reservation, attempt: Attempt,
         return end
     finally:
         metrics.upstream_requests.labels(route.name, outcome).inc()
-
-
-def _attempt_outcome(error: SluiceError | None) -> str:
-    if error is None:
-        return "completed"
-    if isinstance(error, UpstreamTimeout):
-        return "upstream_timeout"
-    if not counts_against_backend(error):
-        return "rejected"
-    return "upstream_error"
 
 
 async def _relay(route: Route, attempt: Attempt,

@@ -15,7 +15,9 @@ import trio
 import trio.testing
 
 from server.backends.simulated import SimulatedBackend
+from server.backends.upstream_errors import status_error
 from server.config import BackendSettings, BreakerSettings
+from server.errors import UpstreamUnavailable
 from server.limits.reservation import no_backend, reserve
 from server.limits.routing import Route, make_routes
 
@@ -144,7 +146,7 @@ async def test_an_open_circuit_is_skipped_then_probed_after_its_cooldown(
     async with reserve(model, set(), random.Random(1), queue_timeout=QUEUE) as probe:
         assert probe is not None and probe.route.name == "primary" and probe.probe
         assert await name_of(model) == "fallback"  # one probe at a time
-        assert probe.record(True, trio.current_time()) == "closed"
+        assert probe.record(None, trio.current_time()) == "closed"
     async with reserve(model, set(), random.Random(1), queue_timeout=QUEUE) as again:
         assert again is not None and again.route.name == "primary" and not again.probe
 
@@ -166,7 +168,17 @@ async def test_an_attempt_that_never_ran_records_no_outcome(
     assert model[0].breaker.state == "closed"  # one failure would have opened it
     async with reserve(model, set(), random.Random(1), queue_timeout=QUEUE) as failed:
         assert failed is not None
-        assert failed.record(False, trio.current_time()) == "open"
+        assert failed.record(UpstreamUnavailable("reset"), trio.current_time()) == "open"
+
+
+async def test_a_relayed_request_error_does_not_count_against_the_backend(
+        autojump_clock: trio.testing.MockClock) -> None:
+    model = routes()
+    refused = status_error(400, b'{"error": {"message": "context too long"}}', None, secrets=())
+    async with reserve(model, set(), random.Random(1), queue_timeout=QUEUE) as reservation:
+        assert reservation is not None
+        assert reservation.record(refused, trio.current_time()) is None
+    assert model[0].breaker.state == "closed"
 
 
 async def test_a_reservation_without_the_probe_leaves_anothers_probe_alone(

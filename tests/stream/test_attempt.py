@@ -205,25 +205,20 @@ def test_a_body_ending_before_its_finish_reason_is_a_cut(payloads: list[bytes]) 
 # ------------------------------------------------------------------ the timers
 
 
-def test_the_first_chunk_timer_runs_from_the_start() -> None:
+@pytest.mark.parametrize(("payloads", "deadline", "phase", "seconds"), [
+    ([ROLE, USAGE, EMPTY_DELTA], STARTED + FIRST_CHUNK, "first_chunk", FIRST_CHUNK),  # no content
+    ([ROLE, text("a")], STARTED + 5 + IDLE, "idle", IDLE),
+])
+def test_the_first_chunk_timer_runs_until_content_then_the_idle_timer(
+        payloads: list[bytes], deadline: float, phase: str, seconds: float) -> None:
     machine = attempt()
     assert machine.deadline == STARTED + FIRST_CHUNK
-    feed(machine, ROLE, USAGE, EMPTY_DELTA, at=STARTED + 5)  # nothing of these is content
-    assert machine.deadline == STARTED + FIRST_CHUNK
+    feed(machine, *payloads, at=STARTED + 5)
+    assert machine.deadline == deadline
     error = machine.timed_out().error
     assert isinstance(error, UpstreamTimeout)
-    assert (error.phase, error.code) == ("first_chunk", "first_chunk_timeout")
-    assert f"{FIRST_CHUNK:g} s" in error.public_message
-
-
-def test_the_idle_timer_follows_content() -> None:
-    machine = attempt()
-    feed(machine, ROLE, text("a"), at=STARTED + 4)
-    assert machine.deadline == STARTED + 4 + IDLE
-    error = machine.timed_out().error
-    assert isinstance(error, UpstreamTimeout)
-    assert (error.phase, error.code) == ("idle", "idle_timeout")
-    assert f"{IDLE:g} s" in error.public_message
+    assert (error.phase, error.code) == (phase, f"{phase}_timeout")
+    assert f"{seconds:g} s" in error.public_message
 
 
 def test_only_content_rearms_the_idle_timer_and_only_when_it_moves_enough() -> None:
