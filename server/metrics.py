@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from server.limits.breaker import STATE_VALUES
+from server.stream.outcome import OUTCOMES  # the ways a stream can end, each labelled
 
 if TYPE_CHECKING:
     from server.limits.admission import Slots
@@ -25,18 +26,6 @@ if TYPE_CHECKING:
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _FIRST_CHUNK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _CHUNK_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
-
-# The ways a stream can end; `sluice_stream_outcomes_total{outcome=...}`.
-OUTCOMES = (
-    "completed",          # the upstream finished; the client got [DONE]
-    "client_disconnect",  # the client left; the upstream was cancelled
-    "upstream_error",     # refused, broken, malformed or cut upstream
-    "upstream_timeout",   # connect, first-chunk or idle timeout
-    "rejected",           # an upstream 4xx relayed to the client
-    "overloaded",         # no admission slot freed in time (429)
-    "shutdown",           # still running when the drain ended: told to retry
-    "cancelled",          # cancelled from outside (server shutdown)
-)
 
 
 class Metrics:

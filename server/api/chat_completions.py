@@ -28,39 +28,8 @@ class ChatRequest:
     include_usage: bool  # the client asked for the usage chunk
     max_tokens: int | None
     body: dict[str, Any]  # the request as the client sent it
-
-    def upstream_body(self, model: str | None = None, *,
-                      stream_options: bool = True) -> dict[str, Any]:
-        """What to send upstream: always a stream, so one code path relays and aggregates.
-
-        A non-streaming client gets usage in its completion, so ask for it.
-        ``model`` renames the model for a backend that knows it by another name.
-        ``stream_options=False`` is for servers that reject the field: none is
-        sent, the client's included, and so no usage chunk comes back.
-        """
-        body = self.body
-        if not self.stream:
-            body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        if model is not None and model != self.model:
-            body = {**body, "model": model}
-        if not stream_options and "stream_options" in body:
-            body = {key: value for key, value in body.items() if key != "stream_options"}
-        return body
-
-    def continued(self, prefix: str) -> ChatRequest:
-        """The same request, asking the model to continue ``prefix`` as its own answer.
-
-        The prefix is a final assistant message (a *prefill*). vLLM needs
-        ``continue_final_message`` and no generation prompt to continue it
-        rather than answer it; llama.cpp's server continues a final assistant
-        message by itself and ignores the two fields.
-        """
-        messages = [*self.body["messages"], {"role": "assistant", "content": prefix}]
-        body = {**self.body, "messages": messages, "continue_final_message": True,
-                "add_generation_prompt": False}
-        return ChatRequest(model=self.model, stream=self.stream,
-                           include_usage=self.include_usage, max_tokens=self.max_tokens,
-                           body=body)
+    # The last message is the answer so far, to be continued (`server.stream.continuation`).
+    continues_answer: bool = False
 
 
 def json_object(raw: bytes) -> dict[str, Any]:

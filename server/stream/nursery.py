@@ -27,19 +27,15 @@ from dataclasses import dataclass
 import trio
 
 from server.api.chat_completions import ChatRequest
-from server.errors import (
-    ShuttingDown,
-    SluiceError,
-    TooManyRequests,
-    UpstreamStatusError,
-    UpstreamTimeout,
-)
+from server.errors import SluiceError, TooManyRequests
 from server.limits.admission import Slots
 from server.metrics import Metrics
 from server.serving.lifecycle import Lifecycle
 from server.stream.channel import HEARTBEAT, BodyWriter, ChannelItem
 from server.stream.late_status import ASGISend, Headers, LateStatusResponse
-from server.stream.pump import PumpContext, PumpStats, pump_upstream
+from server.stream.outcome import Outcome, stream_outcome
+from server.stream.progress import StreamProgress
+from server.stream.pump import PumpContext, pump_upstream
 
 log = logging.getLogger("sluice.stream")
 
@@ -67,10 +63,10 @@ async def serve_stream(
     metrics: Metrics,
 ) -> None:
     """Run one stream in its own nursery and account for how it ended."""
-    stats = PumpStats()
+    progress = StreamProgress()
     response = LateStatusResponse(send, extra_headers)
     error: SluiceError | None = None
-    outcome = "cancelled"
+    outcome: Outcome = "cancelled"
     held = 0
     upstream = trio.CancelScope()  # the pump's; the end of a drain cancels it
     watcher = trio.CancelScope()
@@ -92,12 +88,12 @@ async def serve_stream(
                                         code="gateway_busy", retry_after=1.0)
                 await response.fail(error)
             else:
-                nursery.start_soon(pump_upstream, plan.request, plan.pump, items_in, stats,
+                nursery.start_soon(pump_upstream, plan.request, plan.pump, items_in, progress,
                                    upstream)
                 error = await plan.write_body(items_out, response)
             watcher.cancel()  # the pump may still drain a finished upstream: let it
         outcome = "client_disconnect" if client_gone.is_set() and not response.complete \
-            else _outcome(error)
+            else stream_outcome(error)
     finally:
         if held:
             plan.slots.release(held)  # after the nursery: the pump's last read is done too
@@ -105,7 +101,7 @@ async def serve_stream(
             outcome = "client_disconnect"  # cancelled from outside, but the client had left
         if outcome == "client_disconnect":
             metrics.client_disconnects.inc()
-        _record(plan, stats, outcome, error, metrics)
+        _record(plan, progress, outcome, error, metrics)
         plan.lifecycle.stream_ended(upstream)
 
 
@@ -148,37 +144,23 @@ async def watch_stream(
                     return  # the writer has finished
 
 
-def _outcome(error: SluiceError | None) -> str:
-    if error is None:
-        return "completed"
-    if isinstance(error, UpstreamTimeout):
-        return "upstream_timeout"
-    if isinstance(error, TooManyRequests):
-        return "overloaded"
-    if isinstance(error, ShuttingDown):
-        return "shutdown"
-    if isinstance(error, UpstreamStatusError) and not error.retryable:
-        return "rejected"
-    return "upstream_error"
-
-
-def _record(plan: StreamPlan, stats: PumpStats, outcome: str, error: SluiceError | None,
-            metrics: Metrics) -> None:
-    backend = stats.served_by or "none"
+def _record(plan: StreamPlan, progress: StreamProgress, outcome: Outcome,
+            error: SluiceError | None, metrics: Metrics) -> None:
+    backend = progress.served_by or "none"
     now = trio.current_time()
     metrics.stream_outcomes.labels(outcome).inc()
     metrics.stream_duration.labels(backend).observe(now - plan.received_at)
-    metrics.chunks_per_stream.observe(stats.chunks)
-    if stats.first_content_at is not None:
+    metrics.chunks_per_stream.observe(progress.chunks)
+    if progress.first_content_at is not None:
         metrics.time_to_first_chunk.labels(backend).observe(
-            stats.first_content_at - plan.received_at)
+            progress.first_content_at - plan.received_at)
     if error is not None:
         log.warning("stream %s via %s ended: %s after %d attempt(s) [%s] %s", plan.request_id,
-                    backend, outcome, stats.attempts, error.error_id, error.detail)
+                    backend, outcome, progress.attempts, error.error_id, error.detail)
     else:
         # A log record costs ~70 µs here (5% of opening a stream): a stream that
         # completed is logged at debug only; the metrics above count every one.
         level = logging.DEBUG if outcome == "completed" else logging.INFO
         log.log(level, "stream %s via %s ended: %s after %d chunks, %d attempt(s), in %.3f s",
-                plan.request_id, backend, outcome, stats.chunks, stats.attempts,
+                plan.request_id, backend, outcome, progress.chunks, progress.attempts,
                 now - plan.received_at)

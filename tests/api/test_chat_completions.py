@@ -1,4 +1,4 @@
-"""server/chat_request.py: validating a client's request and what goes upstream."""
+"""server/api/chat_completions.py: validating a client's request."""
 
 from __future__ import annotations
 
@@ -175,53 +175,6 @@ def test_errors_carry_an_error_id() -> None:
     first, second = rejected(b"[]"), rejected(b"[]")
     assert first.error_id.startswith("err_")
     assert first.error_id != second.error_id
-
-
-# ---------------------------------------------------------- upstream body
-
-
-def test_a_streaming_request_goes_upstream_unchanged() -> None:
-    raw = body(stream=True, tools=[{"type": "function", "function": {"name": "f"}}], seed=3)
-    request = parse_chat_request(raw)
-    assert request.upstream_body() == orjson.loads(raw)
-
-
-def test_a_streaming_request_keeps_the_clients_usage_choice() -> None:
-    request = parse_chat_request(body(stream=True, stream_options={"include_usage": False}))
-    assert request.upstream_body()["stream_options"] == {"include_usage": False}
-    assert "stream_options" not in parse_chat_request(body(stream=True)).upstream_body()
-
-
-@pytest.mark.parametrize("stream", [True, False])
-def test_no_stream_options_go_to_a_backend_that_rejects_them(stream: bool) -> None:
-    raw = body(stream=stream, stream_options={"include_usage": True}, seed=3)
-    sent = parse_chat_request(raw).upstream_body(stream_options=False)
-    assert "stream_options" not in sent and sent["stream"] is True
-    assert sent["seed"] == 3  # the rest travels untouched
-
-
-@pytest.mark.parametrize(
-    "fields",
-    [{}, {"stream": False}, {"stream": None},
-     {"stream_options": {"include_usage": False}}],
-)
-def test_a_non_streaming_request_is_streamed_upstream_with_usage(fields: dict[str, Any]) -> None:
-    extra = {"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {
-                 "type": "object", "properties": {"q": {"type": "string"}}}}}],
-             "tool_choice": "auto", "response_format": {"type": "json_object"}, "seed": 42,
-             "max_tokens": 50, "logprobs": True, "top_logprobs": 2, "n": 2}
-    raw = body(**fields, **extra)
-    request = parse_chat_request(raw)
-    sent = request.upstream_body()
-    assert sent["stream"] is True
-    assert sent["stream_options"] == {"include_usage": True}
-    # Everything else travels untouched.
-    client = orjson.loads(raw)
-    assert {k: v for k, v in sent.items() if k not in ("stream", "stream_options")} == \
-        {k: v for k, v in client.items() if k not in ("stream", "stream_options")}
-    # And the client's own request is not changed by it.
-    assert request.body == client
-    assert request.stream is False
 
 
 def test_chat_request_is_frozen() -> None:

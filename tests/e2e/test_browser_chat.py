@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from server.api.browser_chat import parse_chat_api_request
+from server.backends.openai import upstream_body
 from server.config import ConfigError, parse_settings
 from server.errors import RequestError
 from server.testing.fake_upstream import FakeUpstream, Scenario
@@ -43,7 +44,7 @@ def test_a_chat_request_becomes_an_openai_request() -> None:
     assert parsed.stream
     assert parsed.chat.model == "default-model"
     assert parsed.chat.max_tokens == 7
-    assert parsed.chat.upstream_body() == {
+    assert upstream_body(parsed.chat) == {
         "model": "default-model", "messages": [{"role": "user", "content": "hi"}],
         "stream": True, "stream_options": {"include_usage": True},
         "temperature": 0.5, "max_tokens": 7,

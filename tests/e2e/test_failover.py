@@ -17,7 +17,6 @@ import pytest
 import trio
 
 from server.config import Settings, parse_settings
-from server.stream.pump import PumpContext, PumpStats, _continuation_route
 from server.testing.fake_upstream import FakeUpstream, Scenario
 from tests.conftest import PROMPTLY, RunningSluice, chat_body, running_sluice
 from tests.sse_client import Received, receive_stream
@@ -260,22 +259,6 @@ async def test_no_prefill_is_sent_to_a_backend_that_does_not_declare_it(
     assert got.errors and not got.done
     assert all(r.json is None or r.json["messages"][-1]["role"] != "assistant"
                for r in [*primary.requests, *fallback.requests])
-
-
-async def test_tool_call_streams_are_not_continued(
-    primary: FakeUpstream, fallback: FakeUpstream
-) -> None:
-    """Tool-call arguments cannot be prefilled: a cut fails in-band instead."""
-    stats = PumpStats(first_content_at=1.0, tool_calls=True)
-    settings = two_tier(primary, fallback, fallback_extra={"continuation": "prefill"})
-    async with running_sluice(settings) as sluice:
-        gateway = sluice.app.extensions["sluice.gateway"]
-        context = PumpContext(routes=gateway.routes, policy=settings.retry, queue_timeout=1,
-                              metrics=sluice.metrics, rng=gateway.rng)
-        assert _continuation_route(context, set(), stats) is None
-        stats.tool_calls = False
-        route = _continuation_route(context, set(), stats)
-        assert route is not None and route.name == "fallback"
 
 
 # ------------------------------------------------------------------ circuit breaking
