@@ -33,18 +33,27 @@ def _sdk(base_url: str) -> openai.AsyncOpenAI:
 
 
 async def test_openai_sdk_streams_from_the_simulated_model(simulated: RunningSluice) -> None:
+    """Whole sentences of about `reply_tokens`, finished with "stop"; an id per reply."""
+    ids: set[str] = set()
     async with _sdk(simulated.base_url) as sdk:
-        stream = await sdk.chat.completions.create(
-            model="sluice-sim", messages=[{"role": "user", "content": "hi"}], stream=True,
-            stream_options={"include_usage": True})
-        text, usage = [], None
-        async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                text.append(chunk.choices[0].delta.content)
-            if chunk.usage is not None:
-                usage = chunk.usage
-    assert len(text) == 12
-    assert usage is not None and usage.completion_tokens == 12
+        for _ in range(2):
+            stream = await sdk.chat.completions.create(
+                model="sluice-sim", messages=[{"role": "user", "content": "hi"}], stream=True,
+                stream_options={"include_usage": True})
+            text, usage, finish = [], None, None
+            async for chunk in stream:
+                ids.add(chunk.id)
+                if chunk.choices and chunk.choices[0].delta.content:
+                    text.append(chunk.choices[0].delta.content)
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finish = chunk.choices[0].finish_reason
+                if chunk.usage is not None:
+                    usage = chunk.usage
+            assert len(text) >= 12
+            assert "".join(text).endswith(".")
+            assert finish == "stop"
+            assert usage is not None and usage.completion_tokens == len(text)
+    assert len(ids) == 2  # one id per reply, shared by its chunks
 
 
 async def test_openai_sdk_non_streaming_and_max_tokens(simulated: RunningSluice) -> None:
@@ -107,6 +116,7 @@ async def test_models_health_and_metrics(simulated: RunningSluice,
                  "sluice_stream_duration_seconds_bucket", "sluice_chunks_per_stream_bucket",
                  'sluice_upstream_requests_total{backend="sim",outcome="completed"} 1.0'):
         assert name in metrics
+    assert "_created" not in metrics  # prometheus_client's start timestamps: not asked for
 
 
 @pytest.mark.parametrize(
@@ -196,5 +206,6 @@ async def test_many_concurrent_streams_all_complete(
         async with trio.open_nursery() as nursery:
             for _ in range(50):
                 nursery.start_soon(one)
-    assert results == [12] * 50
+    assert len(results) == 50 and len(set(results)) == 1  # one conversation, one reply...
+    assert results[0] >= 12  # ...of whole sentences, at least `reply_tokens` long
     await simulated.settle()
