@@ -1,8 +1,8 @@
 """hypercorn's trio TCP server, made cheaper per write and per request.
 
 Two changes to hypercorn's ``TCPServer``, each measured on the benchmark and
-each keeping hypercorn's behaviour (`tests/test_tcp_server.py`,
-`tests/test_serving.py`): a direct write path, and one keep-alive timer task
+each keeping hypercorn's behaviour (`tests/e2e/test_tcp_server.py`,
+`tests/e2e/test_lifecycle.py`): a direct write path, and one keep-alive timer task
 per connection instead of one per request (`KeepAliveTimer`: opening a
 stream went from 27 to 22 task steps).
 
