@@ -201,7 +201,7 @@ def _record(plan: StreamPlan, stats: PumpStats, outcome: str, error: SluiceError
     if stats.first_content_at is not None:
         metrics.time_to_first_chunk.labels(backend).observe(
             stats.first_content_at - plan.received_at)
-    where = f"via {stats.served_by}" if stats.served_by else "before any backend answered"
+    where = f"via {stats.served_by}" if stats.served_by else "before any backend sent content"
     if error is not None:
         log.warning("stream %s ended %s: %s after %d attempt(s) [%s] %s", plan.request_id,
                     where, outcome, stats.attempts, error.error_id, error.detail)

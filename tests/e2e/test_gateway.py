@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
@@ -209,3 +210,33 @@ async def test_many_concurrent_streams_all_complete(
     assert len(results) == 50 and len(set(results)) == 1  # one conversation, one reply...
     assert results[0] >= 12  # ...of whole sentences, at least `reply_tokens` long
     await simulated.settle()
+
+
+async def test_an_error_answered_before_a_stream_is_logged_with_its_error_id(
+    simulated: RunningSluice, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The id a client is given for a 4xx can be looked up in the log."""
+    caplog.set_level(logging.INFO, logger="sluice")
+    response = await client.post(simulated.base_url + URL, json=chat_body(model="gpt-9"),
+                                 headers={"X-Request-ID": "req-unknown-model"})
+    error_id = response.json()["error"]["error_id"]
+    [record] = [r for r in caplog.records if error_id in r.getMessage()]
+    assert record.levelno == logging.INFO
+    assert record.getMessage().startswith(
+        "request req-unknown-model: POST /v1/chat/completions answered 404 model_not_found")
+
+
+async def test_a_stream_that_failed_before_any_content_says_so_in_the_log(
+    sluice: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream.scenario = Scenario(status=500)
+    caplog.set_level(logging.INFO, logger="sluice.stream")
+    response = await client.post(sluice.base_url + URL, json=chat_body(),
+                                 headers={"X-Request-ID": "req-no-content"})
+    assert response.status_code == 502
+    error_id = response.json()["error"]["error_id"]
+    await sluice.settle()  # the stream logs its end after the answer went out
+    [record] = [r for r in caplog.records if error_id in r.getMessage()]
+    assert record.getMessage().startswith(
+        "stream req-no-content ended before any backend sent content: upstream_error")
