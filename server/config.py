@@ -2,8 +2,10 @@
 
 The settings are frozen dataclasses built from a TOML document by pure
 functions. Every key is known: an unknown key, a wrong type or an impossible
-value raises `ConfigError` naming the key's path (``backends[1].timeouts.idle``),
-so a typo stops the server at start instead of being silently ignored.
+value raises `ConfigError` naming the key's path (``timeouts.idle``; a backend
+by its name, ``backends["local-vllm"].timeouts.idle``, or by its place,
+``backends[1].name``, when it has no usable name), so a typo stops the server
+at start instead of being silently ignored.
 
     settings = load_settings(os.environ)          # SLUICE_CONFIG or the default
     settings = parse_settings(tomllib.loads(text))
@@ -191,16 +193,27 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
     if not raw_backends:
         raise ConfigError("backends: at least one [[backends]] table is required")
     backends = tuple(
-        _backend(_Table(_require_table(raw, f"backends[{i}]"), f"backends[{i}]"), timeouts)
+        _backend(_Table(_require_table(raw, f"backends[{i}]"), _backend_path(raw, i)), timeouts)
         for i, raw in enumerate(raw_backends)
     )
     names = [b.name for b in backends]
     for i, name in enumerate(names):
         if name in names[:i]:
-            raise ConfigError(f"backends[{i}].name: duplicate backend name {name!r}")
+            raise ConfigError(f"{backend_path(name)}: two backends have this name")
     return Settings(backends=backends, server=server, timeouts=timeouts, retry=retry,
                     breaker=breaker, admission=admission, cors=cors,
                     chat=_chat(chat_table, backends))
+
+
+def backend_path(name: str) -> str:
+    """How every error names a backend: ``backends["local-vllm"]``."""
+    return f'backends["{name}"]'
+
+
+def _backend_path(raw: Mapping[str, Any], index: int) -> str:
+    """By name when the table has a usable one; by its place among the tables otherwise."""
+    name = raw.get("name")
+    return backend_path(name) if isinstance(name, str) and name else f"backends[{index}]"
 
 
 def _server(table: _Table) -> ServerSettings:

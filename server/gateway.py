@@ -67,6 +67,8 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 class SluiceApp(QuartTrio):
     asgi_http_class = SluiceHTTPConnection
+    # Read by the TCP server for each accepted connection (server.serving.tcp_server).
+    send_stall_timeout: float | None = None
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> SluiceApp:
@@ -75,6 +77,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         api_key_from_env(backend, environ)  # a missing key stops the server at start
 
     app = SluiceApp("sluice")
+    app.send_stall_timeout = settings.server.send_stall_timeout
     app.config.update(
         RESPONSE_TIMEOUT=None,
         MAX_CONTENT_LENGTH=settings.server.max_body_bytes,
@@ -162,7 +165,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         log.exception("unexpected error [%s]", error_id)
         failure = http_error(500, "The gateway failed unexpectedly.", type_="server_error")
         failure.error_id = error_id
-        return _error_response(failure)
+        return _error_response(failure, logged=True)
 
     register_chat_api(app, settings, gateway.stream_response)  # POST /chat
     register_page(app)  # GET /
@@ -251,7 +254,13 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, content_type="application/json")
 
 
-def _error_response(error: SluiceError) -> Response:
+def _error_response(error: SluiceError, *, logged: bool = False) -> Response:
+    """The OpenAI-shaped answer; logged at info with its ``error_id``, so a client's id can be
+    looked up (streams log their own ending, `server.stream.nursery`)."""
+    if not logged:
+        log.info("request %s: %s %s answered %d %s [%s] %s", getattr(g, "request_id", "-"),
+                 request.method, request.path, error.status, error.code or error.type,
+                 error.error_id, error.detail)
     response = Response(openai_error_body(error), status=error.status)
     for name, value in error_headers(error):
         response.headers[name.decode()] = value.decode()

@@ -64,7 +64,21 @@ class Metrics:
         self.registry.register(_LiveState(routes, slots, lifecycle))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(_WithoutCreated(self.registry))
+
+
+class _WithoutCreated(Collector):
+    """The registry without the ``*_created`` series prometheus_client adds to each counter
+    and histogram: a start timestamp per label set, half the lines of a scrape, read by
+    nothing here. (Its switch, ``disable_created_metrics``, is process-wide; this is per app.)"""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._registry.collect():
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric
 
 
 class _LiveState(Collector):

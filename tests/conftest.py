@@ -90,8 +90,7 @@ async def running_sluice(
 ) -> AsyncIterator[RunningSluice]:
     """Sluice under hypercorn on a free loopback port, shut down gracefully on exit."""
     app = create_app(settings, environ=environ or {})
-    config = hypercorn_config(bind,
-                              send_stall_timeout=settings.server.send_stall_timeout)
+    config = hypercorn_config(bind)
     if keep_alive_timeout is not None:
         config.keep_alive_timeout = keep_alive_timeout
     config.errorlog = None

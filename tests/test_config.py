@@ -24,6 +24,7 @@ from server.config import (
 OPENAI = {"name": "vllm", "kind": "openai", "base_url": "http://10.0.0.5:8000/v1",
           "models": ["llama"]}
 SIMULATED = {"name": "sim", "kind": "simulated", "models": ["sluice-sim"]}
+VLLM = 'backends["vllm"]'  # errors name a backend by its name
 
 
 def with_backend(**keys: Any) -> dict[str, Any]:
@@ -207,7 +208,7 @@ def test_a_valid_file_with_a_bad_key_names_the_key(tmp_path: Path) -> None:
     path = tmp_path / "sluice.toml"
     path.write_text('[[backends]]\nname = "x"\nkind = "simulated"\nmodels = ["m"]\n'
                     "[backends.timeouts]\nidel = 3\n")
-    with pytest.raises(ConfigError, match=r"^backends\[0\]\.timeouts\.idel: unknown setting$"):
+    with pytest.raises(ConfigError, match=r'^backends\["x"\]\.timeouts\.idel: unknown setting$'):
         load_settings({"SLUICE_CONFIG": str(path)})
 
 
@@ -220,10 +221,10 @@ def test_a_valid_file_with_a_bad_key_names_the_key(tmp_path: Path) -> None:
         ({"backends": [OPENAI], "backend": []}, "backend"),
         ({"backends": [OPENAI], "server": {"max_body": 1}}, "server.max_body"),
         ({"backends": [OPENAI], "timeouts": {"read": 1}}, "timeouts.read"),
-        (with_backend(url="http://x"), "backends[0].url"),
-        (with_backend(timeouts={"idle": 1, "total": 5}), "backends[0].timeouts.total"),
+        (with_backend(url="http://x"), 'backends["vllm"].url'),
+        (with_backend(timeouts={"idle": 1, "total": 5}), 'backends["vllm"].timeouts.total'),
         ({"backends": [OPENAI, {**SIMULATED, "tokens_per_sec": 3}]},
-         "backends[1].tokens_per_sec"),
+         'backends["sim"].tokens_per_sec'),
         ({"backends": [OPENAI], "zeta": 1, "alpha": 2}, "alpha"),  # first in sorted order
     ],
 )
@@ -249,16 +250,16 @@ def test_unknown_keys(document: dict[str, Any], path: str) -> None:
         ({"backends": [OPENAI], "timeouts": {"idle": True}}, "timeouts.idle"),
         ({"backends": [OPENAI], "timeouts": {"connect": [1]}}, "timeouts.connect"),
         (with_backend(name=1), "backends[0].name"),
-        (with_backend(kind=["openai"]), "backends[0].kind"),
-        (with_backend(models="llama"), "backends[0].models"),
-        (with_backend(base_url=None), "backends[0].base_url"),
-        (with_backend(api_key_env=1), "backends[0].api_key_env"),
-        (with_backend(priority=True), "backends[0].priority"),
-        (with_backend(priority=1.0), "backends[0].priority"),
-        (with_backend(timeouts={"first_chunk": "60"}), "backends[0].timeouts.first_chunk"),
-        (with_simulated(tokens_per_second=False), "backends[0].tokens_per_second"),
-        (with_simulated(reply_tokens=True), "backends[0].reply_tokens"),
-        (with_simulated(reply_tokens=60.0), "backends[0].reply_tokens"),
+        (with_backend(kind=["openai"]), 'backends["vllm"].kind'),
+        (with_backend(models="llama"), 'backends["vllm"].models'),
+        (with_backend(base_url=None), 'backends["vllm"].base_url'),
+        (with_backend(api_key_env=1), 'backends["vllm"].api_key_env'),
+        (with_backend(priority=True), 'backends["vllm"].priority'),
+        (with_backend(priority=1.0), 'backends["vllm"].priority'),
+        (with_backend(timeouts={"first_chunk": "60"}), 'backends["vllm"].timeouts.first_chunk'),
+        (with_simulated(tokens_per_second=False), 'backends["sim"].tokens_per_second'),
+        (with_simulated(reply_tokens=True), 'backends["sim"].reply_tokens'),
+        (with_simulated(reply_tokens=60.0), 'backends["sim"].reply_tokens'),
         ({"backends": {"name": "x"}}, "backends"),
     ],
 )
@@ -270,7 +271,7 @@ def test_wrong_types(document: dict[str, Any], path: str) -> None:
 
 def test_bool_is_never_a_number_message() -> None:
     assert config_error(with_backend(priority=True)) == \
-        "backends[0].priority: expected an integer, got True"
+        'backends["vllm"].priority: expected an integer, got True'
     assert config_error({"backends": [OPENAI], "timeouts": {"idle": False}}) == \
         "timeouts.idle: expected a number, got False"
 
@@ -280,7 +281,7 @@ def test_bool_is_never_a_number_message() -> None:
     [
         ({"backends": [OPENAI], "server": 3}, "server"),
         ({"backends": [OPENAI], "timeouts": "fast"}, "timeouts"),
-        (with_backend(timeouts=5), "backends[0].timeouts"),
+        (with_backend(timeouts=5), 'backends["vllm"].timeouts'),
         ({"backends": [OPENAI, "sim"]}, "backends[1]"),
     ],
 )
@@ -295,11 +296,11 @@ def test_tables_must_be_tables(document: dict[str, Any], path: str) -> None:
 @pytest.mark.parametrize(
     "where",
     ["timeouts.connect", "timeouts.first_chunk", "timeouts.idle", "server.keepalive_interval",
-     "backends[0].timeouts.idle", "backends[0].tokens_per_second"],
+     'backends["sim"].timeouts.idle', 'backends["sim"].tokens_per_second'],
 )
 def test_durations_and_rates_must_be_positive(where: str, value: float) -> None:
-    if where.startswith("backends[0]."):
-        key = where.removeprefix("backends[0].")
+    if where.startswith('backends["sim"].'):
+        key = where.removeprefix('backends["sim"].')
         if key.startswith("timeouts."):
             document = with_simulated(timeouts={key.removeprefix("timeouts."): value})
         else:
@@ -314,9 +315,9 @@ def test_first_token_delay_may_be_zero_but_not_negative_or_nan() -> None:
     assert parse_settings(with_simulated(first_token_delay=0)).backends[0] \
         .simulated.first_token_delay == 0.0
     assert config_error(with_simulated(first_token_delay=-0.1)) == \
-        "backends[0].first_token_delay: must be ≥ 0, got -0.1"
+        'backends["sim"].first_token_delay: must be ≥ 0, got -0.1'
     assert config_error(with_simulated(first_token_delay=math.nan)).startswith(
-        "backends[0].first_token_delay: must be ≥ 0")
+        'backends["sim"].first_token_delay: must be ≥ 0')
 
 
 @pytest.mark.parametrize("value", [0, -1])
@@ -331,23 +332,23 @@ def test_server_counts_must_be_positive(key: str, value: int) -> None:
 @pytest.mark.parametrize("value", [0, -5])
 def test_reply_tokens_must_be_positive(value: int) -> None:
     assert config_error(with_simulated(reply_tokens=value)) == \
-        f"backends[0].reply_tokens: must be > 0, got {value}"
+        f'backends["sim"].reply_tokens: must be > 0, got {value}'
 
 
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
         ({"name": ""}, "backends[0].name: must not be empty"),
-        ({"api_key_env": ""}, "backends[0].api_key_env: must not be empty"),
+        ({"api_key_env": ""}, 'backends["vllm"].api_key_env: must not be empty'),
         ({"kind": "vllm"},
-         "backends[0].kind: must be one of openai, simulated, ollama; got 'vllm'"),
-        ({"models": []}, "backends[0].models: expected a non-empty list of model names"),
-        ({"models": ["a", ""]}, "backends[0].models: expected a non-empty list of model names"),
-        ({"models": ["a", 1]}, "backends[0].models: expected a non-empty list of model names"),
+         "backends[\"vllm\"].kind: must be one of openai, simulated, ollama; got 'vllm'"),
+        ({"models": []}, f"{VLLM}.models: expected a non-empty list of model names"),
+        ({"models": ["a", ""]}, f"{VLLM}.models: expected a non-empty list of model names"),
+        ({"models": ["a", 1]}, f"{VLLM}.models: expected a non-empty list of model names"),
         ({"base_url": "10.0.0.5:8000/v1"},
-         "backends[0].base_url: an http:// or https:// URL is required for kind 'openai'"),
+         "backends[\"vllm\"].base_url: an http:// or https:// URL is required for kind 'openai'"),
         ({"base_url": "ftp://host/v1"},
-         "backends[0].base_url: an http:// or https:// URL is required for kind 'openai'"),
+         "backends[\"vllm\"].base_url: an http:// or https:// URL is required for kind 'openai'"),
     ],
 )
 def test_impossible_backend_values(keys: dict[str, Any], message: str) -> None:
@@ -356,7 +357,7 @@ def test_impossible_backend_values(keys: dict[str, Any], message: str) -> None:
 
 def test_an_openai_backend_needs_a_base_url() -> None:
     document = {"backends": [{k: v for k, v in OPENAI.items() if k != "base_url"}]}
-    assert config_error(document).startswith("backends[0].base_url: an http:// or https://")
+    assert config_error(document).startswith('backends["vllm"].base_url: an http:// or https://')
 
 
 def test_a_simulated_backend_needs_no_base_url() -> None:
@@ -369,7 +370,8 @@ def test_a_simulated_backend_needs_no_base_url() -> None:
 @pytest.mark.parametrize("key", ["name", "kind", "models"])
 def test_required_backend_keys(key: str) -> None:
     backend = {k: v for k, v in SIMULATED.items() if k != key}
-    assert config_error({"backends": [SIMULATED, backend]}) == f"backends[1].{key}: required"
+    where = "backends[1]" if key == "name" else 'backends["sim"]'  # by name once it has one
+    assert config_error({"backends": [SIMULATED, backend]}) == f"{where}.{key}: required"
 
 
 @pytest.mark.parametrize("document", [{}, {"backends": []}, {"server": {}}])
@@ -379,7 +381,7 @@ def test_at_least_one_backend(document: dict[str, Any]) -> None:
 
 def test_duplicate_backend_names() -> None:
     document = {"backends": [OPENAI, {**SIMULATED, "name": "sim"}, {**SIMULATED, "name": "vllm"}]}
-    assert config_error(document) == "backends[2].name: duplicate backend name 'vllm'"
+    assert config_error(document) == 'backends["vllm"]: two backends have this name'
 
 
 @pytest.mark.parametrize(
@@ -388,7 +390,7 @@ def test_duplicate_backend_names() -> None:
 )
 def test_simulated_only_keys_on_an_openai_backend(key: str, value: float) -> None:
     assert config_error({"backends": [SIMULATED, {**OPENAI, key: value}]}) == \
-        f"backends[1].{key}: only valid for kind 'simulated'"
+        f"backends[\"vllm\"].{key}: only valid for kind 'simulated'"
 
 
 def test_stream_options_can_be_switched_off_for_an_openai_backend() -> None:
@@ -396,9 +398,9 @@ def test_stream_options_can_be_switched_off_for_an_openai_backend() -> None:
     assert settings.backends[0].stream_options is False
     assert parse_settings({"backends": [OPENAI]}).backends[0].stream_options is True
     assert config_error({"backends": [{**OPENAI, "stream_options": "no"}]}) == \
-        "backends[0].stream_options: expected bool, got 'no'"
+        "backends[\"vllm\"].stream_options: expected bool, got 'no'"
     assert config_error({"backends": [{**SIMULATED, "stream_options": False}]}) == \
-        "backends[0].stream_options: only valid for kind 'openai'"
+        "backends[\"sim\"].stream_options: only valid for kind 'openai'"
 
 
 def test_the_document_is_not_modified() -> None:

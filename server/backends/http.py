@@ -45,7 +45,7 @@ import trio
 
 from server.backends.upstream_errors import MAX_ERROR_BODY, status_error
 from server.backends.wire import BodyFraming, Head, ProtocolError, parse_head, request_bytes
-from server.config import BackendSettings, ConfigError
+from server.config import BackendSettings, ConfigError, backend_path
 from server.errors import SluiceError, StreamCut, UpstreamTimeout, UpstreamUnavailable
 
 Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
@@ -350,6 +350,7 @@ def api_key_from_env(settings: BackendSettings, environ: Mapping[str, str]) -> s
         return None
     key = environ.get(settings.api_key_env)
     if not key:
-        raise ConfigError(f"backends[{settings.name}].api_key_env: environment variable "
-                          f"{settings.api_key_env} is not set")
+        raise ConfigError(f"{backend_path(settings.name)}.api_key_env: environment variable "
+                          f"{settings.api_key_env} is not set (export it before starting "
+                          f"Sluice, or remove api_key_env if the server needs no key)")
     return key

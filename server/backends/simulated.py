@@ -5,8 +5,10 @@ token delay, then about ``tokens_per_second`` with some jitter — through the
 same relay, timers and metrics as a real upstream, so the whole path can be
 tried with nothing else installed. Replies are deterministic for a given
 conversation (the jitter and the text are seeded by it), which keeps demos
-and tests repeatable. ``max_tokens`` ends the reply with ``"length"``;
-``stream_options.include_usage`` adds the usage chunk.
+and tests repeatable; each has an id of its own, as a real server's does.
+A reply is whole sentences, about ``reply_tokens`` long, and finishes with
+``"stop"``; ``max_tokens`` cuts it short with ``"length"``, as a model's
+token limit does. ``stream_options.include_usage`` adds the usage chunk.
 """
 
 from __future__ import annotations
@@ -41,13 +43,14 @@ _SENTENCES = (
 
 
 def reply_tokens(messages: list[Any], count: int) -> list[str]:
-    """A deterministic reply of ``count`` word-sized tokens for this conversation."""
+    """A deterministic reply for this conversation, in word-sized tokens: whole
+    sentences, as many as it takes to reach ``count`` tokens (so it ends on a full stop)."""
     seed = hashlib.blake2b(repr(messages).encode(), digest_size=8).digest()
     rng = random.Random(seed)
     words: list[str] = []
     while len(words) < count:
         words.extend(rng.choice(_SENTENCES).split(" "))
-    return [word if i == 0 else " " + word for i, word in enumerate(words[:count])]
+    return [word if i == 0 else " " + word for i, word in enumerate(words)]
 
 
 def prompt_token_estimate(messages: list[Any]) -> int:
@@ -59,6 +62,7 @@ def prompt_token_estimate(messages: list[Any]) -> int:
 class SimulatedBackend:
     def __init__(self, settings: BackendSettings) -> None:
         self.settings = settings
+        self._ids = random.Random()  # reply ids must differ, not be secret: no syscall each
 
     @asynccontextmanager
     async def open_stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -68,13 +72,12 @@ class SimulatedBackend:
     async def _payloads(self, request: ChatRequest) -> AsyncGenerator[bytes, None]:
         model = self.settings.simulated
         messages: list[Any] = request.body["messages"]
-        limit = model.reply_tokens
+        tokens = reply_tokens(messages, model.reply_tokens)
         finish = "stop"
-        if request.max_tokens is not None and request.max_tokens < limit:
-            limit, finish = request.max_tokens, "length"
-        tokens = reply_tokens(messages, limit)
+        if request.max_tokens is not None and request.max_tokens < len(tokens):
+            tokens, finish = tokens[:request.max_tokens], "length"
         rng = random.Random(len(tokens))
-        chunk = partial(chunk_bytes, completion_id=f"chatcmpl-sim-{rng.getrandbits(48):012x}",
+        chunk = partial(chunk_bytes, completion_id=f"chatcmpl-sim-{self._ids.getrandbits(64):016x}",
                         created=int(time.time()), model=request.model)
         yield chunk(delta={"role": "assistant", "content": ""})
         await trio.sleep(model.first_token_delay)

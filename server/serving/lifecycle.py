@@ -1,14 +1,16 @@
 """Draining: from "take no new work" to "end what is left", for one worker process.
 
-    lifecycle.begin_drain()            # /readyz answers 503 from now on
-    await lifecycle.drain(30.0)        # live streams get up to 30 s to finish...
-                                       # ...then every remaining one is told to stop
+    live = lifecycle.begin_drain()     # /readyz answers 503, new chat requests 503 from now on
+    with trio.move_on_after(30.0):     # live streams get up to 30 s to finish...
+        await lifecycle.active.wait_value(0)
+    stopped = lifecycle.stop_streams() # ...then every remaining one is told to stop
 
 Each stream registers the cancel scope of its upstream side while it runs
-(`stream_started`, `stream_ended`). At the end of a drain those scopes are
-cancelled: each stream then ends with a final, retryable in-band error
-("server shutting down") and closes its upstream like any other ending. No
-task per stream waits for shutdown; the drain reaches the streams directly.
+(`stream_started`, `stream_ended`). `stop_streams` cancels those scopes:
+each stream then ends with a final, retryable in-band error ("server
+shutting down") and closes its upstream like any other ending. No task per
+stream waits for shutdown; the drain reaches the streams directly. When to
+drain is the serving worker's decision (`server.serving.worker`).
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ class Lifecycle:
         self._upstreams.discard(upstream)
         self.active.value -= 1
 
-    def begin_drain(self) -> None:
+    def begin_drain(self) -> int:
+        """Take no new work from now on; return how many streams are live."""
         self.draining = True
+        live: int = self.active.value
+        return live
 
-    async def drain(self, seconds: float) -> None:
-        """Wait until no stream is live or ``seconds`` passed; then stop the rest."""
-        self.begin_drain()
-        with trio.move_on_after(seconds):
-            await self.active.wait_value(0)
-        for upstream in list(self._upstreams):
+    def stop_streams(self) -> int:
+        """Tell every live stream to end now; return how many were told."""
+        upstreams = list(self._upstreams)
+        for upstream in upstreams:
             upstream.cancel("server shutting down")
+        return len(upstreams)

@@ -2,7 +2,7 @@
 
 Two changes to hypercorn's ``TCPServer``, each measured on the benchmark and
 each keeping hypercorn's behaviour (`tests/e2e/test_tcp_server.py`,
-`tests/e2e/test_serving.py`): a direct write path, and one keep-alive timer task
+`tests/e2e/test_lifecycle.py`): a direct write path, and one keep-alive timer task
 per connection instead of one per request (`KeepAliveTimer`: opening a
 stream went from 27 to 22 task steps).
 
@@ -19,7 +19,7 @@ sees it: one non-blocking ``send`` of the whole block, when no other write is
 in progress. Only what the kernel does not take (a full send buffer: a slow
 or stalled client) goes the original way, under the lock and the shield,
 which then waits for the socket to drain — so backpressure, ordering and the
-slow-client bound (``TCP_USER_TIMEOUT``, `server.serving.launch`) are unchanged.
+slow-client bound (``TCP_USER_TIMEOUT``, below) are unchanged.
 A failed send means the client is gone, exactly as hypercorn treats a
 `trio.BrokenResourceError`. TLS connections always take the original path.
 
@@ -27,14 +27,29 @@ The fast path never yields to the scheduler. That is safe for hypercorn's
 callers (the write was shielded anyway) and fair for ours: a stream's writer
 checkpoints on its channel between writes (`server.stream.writers`).
 
-`install` points hypercorn's ``worker_serve`` at this class; ``sluice serve``
-and the test suite's server both call it, so what is tested is what is served.
+**The stall bound.** hypercorn writes with a *shielded* ``send_all``: no
+cancel scope can interrupt a write to a client that stopped reading, and a
+client that vanished without FIN/RST is invisible until TCP gives up (~15
+minutes). Each accepted connection is bounded in the kernel instead
+(`bound_stalls`): ``TCP_USER_TIMEOUT`` — data unacknowledged, or unsendable
+into a zero window, for longer than the app's ``send_stall_timeout`` aborts
+the connection — and TCP keepalive for idle ones. The write then fails,
+hypercorn reports ``http.disconnect`` and the stream's watcher cancels it,
+closing the upstream. Set per accepted connection (not on the listening
+socket), it holds however the sockets were made: by hypercorn's command, by
+``sluice serve``, from ``fd://`` or ``unix:`` binds (the latter have no TCP).
+
+`install` points hypercorn's trio ``worker_serve`` at this class;
+`server.serving.worker.install` calls it, and so does the test suite's
+server, so what is tested is what is served.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -91,9 +106,16 @@ class LeanTCPServer(TCPServer):
     """hypercorn's `TCPServer`: writes go straight to the socket when the kernel takes them
     whole, and the keep-alive timer is one task per connection, not one per request."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, app: Any, config: Any, context: Any, state: Any, stream: Any) -> None:
+        super().__init__(app, config, context, state, stream)
         self.idle_task = KeepAliveTimer(self.config.keep_alive_timeout)  # type: ignore[assignment]
+        # The served framework (inside hypercorn's ASGIWrapper) says how long a send may stall.
+        seconds = getattr(getattr(app, "app", None), "send_stall_timeout", None)
+        if seconds is not None:
+            transport = getattr(stream, "transport_stream", stream)  # under TLS: the TCP stream
+            # OSError: the connection is already gone; hypercorn's first read will say so.
+            with contextlib.suppress(OSError):
+                bound_stalls(transport.socket, seconds)
 
     async def _read_data(self) -> None:
         try:
@@ -147,6 +169,20 @@ class LeanTCPServer(TCPServer):
             await super().protocol_send(RawData(data=data[sent:]))
 
 
+def bound_stalls(sock: trio.socket.SocketType | socket.socket, seconds: float) -> None:
+    """Abort a TCP connection whose sent data stays unacknowledged for ``seconds``."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # unix sockets: no TCP
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        idle = max(1, int(seconds / 2))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+
+
 def install() -> None:
     """Make hypercorn's trio ``worker_serve`` (and so ``hypercorn.trio.serve``) use it."""
-    hypercorn_trio_run.TCPServer = LeanTCPServer  # type: ignore[attr-defined,assignment]
+    hypercorn_trio_run.TCPServer = LeanTCPServer  # type: ignore[attr-defined]

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import trio
 
 from server.api.chat_completions import ChatRequest
-from server.errors import SluiceError, TooManyRequests
+from server.errors import ShuttingDown, SluiceError, TooManyRequests
 from server.limits.admission import Slots
 from server.metrics import Metrics
 from server.serving.lifecycle import Lifecycle
-from server.stream.channel import HEARTBEAT, BodyWriter, ChannelItem
+from server.stream.channel import HEARTBEAT, BodyWriter, ChannelItem, StreamEnd
 from server.stream.late_status import ASGISend, Headers, LateStatusResponse
 from server.stream.outcome import Outcome, stream_outcome
 from server.stream.progress import StreamProgress
@@ -94,6 +94,13 @@ async def serve_stream(
             watcher.cancel()  # the pump may still drain a finished upstream: let it
         outcome = "client_disconnect" if client_gone.is_set() and not response.complete \
             else stream_outcome(error)
+    except BaseException:
+        # Cancelled from outside (hypercorn's graceful timeout ran out): never end silently.
+        if trio.current_effective_deadline() == -math.inf and not client_gone.is_set() \
+                and not response.complete:
+            with trio.move_on_after(LAST_WORD_SECONDS, shield=True):
+                error, outcome = await _last_word(plan, response), "shutdown"
+        raise
     finally:
         if held:
             plan.slots.release(held)  # after the nursery: the pump's last read is done too
@@ -103,6 +110,25 @@ async def serve_stream(
             metrics.client_disconnects.inc()
         _record(plan, progress, outcome, error, metrics)
         plan.lifecycle.stream_ended(upstream)
+
+
+# How long a stream cancelled from outside may take to tell its client why.
+LAST_WORD_SECONDS = 1.0
+
+
+async def _last_word(plan: StreamPlan, response: LateStatusResponse) -> ShuttingDown:
+    """End the response with a retryable "server shutting down", in its own format.
+
+    The writer is run once more (by the caller, shielded and bounded) on a
+    channel holding only that end: an in-band error event once bytes are out,
+    a 503 before. (A ``/chat`` done event then counts nothing of what came before.)
+    """
+    error = ShuttingDown()
+    items_in, items_out = trio.open_memory_channel[ChannelItem](1)
+    with items_in:
+        items_in.send_nowait(StreamEnd(error))
+    await plan.write_body(items_out, response)
+    return error
 
 
 async def watch_stream(
@@ -146,7 +172,7 @@ async def watch_stream(
 
 def _record(plan: StreamPlan, progress: StreamProgress, outcome: Outcome,
             error: SluiceError | None, metrics: Metrics) -> None:
-    backend = progress.served_by or "none"
+    backend = progress.served_by or "none"  # the metrics' label
     now = trio.current_time()
     metrics.stream_outcomes.labels(outcome).inc()
     metrics.stream_duration.labels(backend).observe(now - plan.received_at)
@@ -154,13 +180,15 @@ def _record(plan: StreamPlan, progress: StreamProgress, outcome: Outcome,
     if progress.first_content_at is not None:
         metrics.time_to_first_chunk.labels(backend).observe(
             progress.first_content_at - plan.received_at)
+    where = f"via {progress.served_by}" if progress.served_by \
+        else "before any backend sent content"
     if error is not None:
-        log.warning("stream %s via %s ended: %s after %d attempt(s) [%s] %s", plan.request_id,
-                    backend, outcome, progress.attempts, error.error_id, error.detail)
+        log.warning("stream %s ended %s: %s after %d attempt(s) [%s] %s", plan.request_id,
+                    where, outcome, progress.attempts, error.error_id, error.detail)
     else:
         # A log record costs ~70 µs here (5% of opening a stream): a stream that
         # completed is logged at debug only; the metrics above count every one.
         level = logging.DEBUG if outcome == "completed" else logging.INFO
-        log.log(level, "stream %s via %s ended: %s after %d chunks, %d attempt(s), in %.3f s",
-                plan.request_id, backend, outcome, progress.chunks, progress.attempts,
+        log.log(level, "stream %s ended %s: %s after %d chunks, %d attempt(s), in %.3f s",
+                plan.request_id, where, outcome, progress.chunks, progress.attempts,
                 now - plan.received_at)

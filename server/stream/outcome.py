@@ -31,8 +31,8 @@ Outcome = Literal[
     "upstream_timeout",  # connect, first-chunk or idle timeout
     "rejected",  # an upstream 4xx relayed to the client
     "overloaded",  # no admission slot freed in time (429)
-    "shutdown",  # still running when the drain ended: told to retry
-    "cancelled",  # cancelled from outside (server shutdown); an attempt: never finished
+    "shutdown",  # still running when the drain (or hypercorn's grace) ended: told to retry
+    "cancelled",  # cancelled from outside with nothing left to tell; an attempt: never finished
 ]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 

@@ -536,14 +536,15 @@ def test_an_ollama_backend_takes_the_root_url() -> None:
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
-        ({}, "backends[0].base_url: an http:// or https:// URL is required for kind 'ollama'"),
+        ({}, "backends[\"local\"].base_url: an http:// or https:// URL is required for kind "
+             "'ollama'"),
         ({"base_url": "127.0.0.1:11434"},
-         "backends[0].base_url: an http:// or https:// URL is required for kind 'ollama'"),
+         "backends[\"local\"].base_url: an http:// or https:// URL is required for kind 'ollama'"),
         ({"base_url": "http://127.0.0.1:11434/v1"},
-         "backends[0].base_url: for kind 'ollama' give the server's root URL "
+         "backends[\"local\"].base_url: for kind 'ollama' give the server's root URL "
          "(like http://127.0.0.1:11434), without /v1"),
         ({"base_url": "http://h:1/v1/"},
-         "backends[0].base_url: for kind 'ollama' give the server's root URL "
+         "backends[\"local\"].base_url: for kind 'ollama' give the server's root URL "
          "(like http://127.0.0.1:11434), without /v1"),
     ],
 )

@@ -310,5 +310,6 @@ async def test_the_simulated_model_answers_chat_with_its_default(
     assert response.status_code == 200
     reply = response.json()
     assert reply["model"] == "sluice-sim"
-    assert reply["streaming_stats"]["total_chunks"] == 8
-    assert len(reply["content"].split()) == 8
+    assert reply["finish_reason"] == "stop"
+    assert reply["content"].endswith(".")  # whole sentences, at least `reply_tokens` long
+    assert reply["streaming_stats"]["total_chunks"] == len(reply["content"].split()) >= 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
@@ -33,18 +34,27 @@ def _sdk(base_url: str) -> openai.AsyncOpenAI:
 
 
 async def test_openai_sdk_streams_from_the_simulated_model(simulated: RunningSluice) -> None:
+    """Whole sentences of about `reply_tokens`, finished with "stop"; an id per reply."""
+    ids: set[str] = set()
     async with _sdk(simulated.base_url) as sdk:
-        stream = await sdk.chat.completions.create(
-            model="sluice-sim", messages=[{"role": "user", "content": "hi"}], stream=True,
-            stream_options={"include_usage": True})
-        text, usage = [], None
-        async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                text.append(chunk.choices[0].delta.content)
-            if chunk.usage is not None:
-                usage = chunk.usage
-    assert len(text) == 12
-    assert usage is not None and usage.completion_tokens == 12
+        for _ in range(2):
+            stream = await sdk.chat.completions.create(
+                model="sluice-sim", messages=[{"role": "user", "content": "hi"}], stream=True,
+                stream_options={"include_usage": True})
+            text, usage, finish = [], None, None
+            async for chunk in stream:
+                ids.add(chunk.id)
+                if chunk.choices and chunk.choices[0].delta.content:
+                    text.append(chunk.choices[0].delta.content)
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finish = chunk.choices[0].finish_reason
+                if chunk.usage is not None:
+                    usage = chunk.usage
+            assert len(text) >= 12
+            assert "".join(text).endswith(".")
+            assert finish == "stop"
+            assert usage is not None and usage.completion_tokens == len(text)
+    assert len(ids) == 2  # one id per reply, shared by its chunks
 
 
 async def test_openai_sdk_non_streaming_and_max_tokens(simulated: RunningSluice) -> None:
@@ -107,6 +117,7 @@ async def test_models_health_and_metrics(simulated: RunningSluice,
                  "sluice_stream_duration_seconds_bucket", "sluice_chunks_per_stream_bucket",
                  'sluice_upstream_requests_total{backend="sim",outcome="completed"} 1.0'):
         assert name in metrics
+    assert "_created" not in metrics  # prometheus_client's start timestamps: not asked for
 
 
 @pytest.mark.parametrize(
@@ -196,5 +207,36 @@ async def test_many_concurrent_streams_all_complete(
         async with trio.open_nursery() as nursery:
             for _ in range(50):
                 nursery.start_soon(one)
-    assert results == [12] * 50
+    assert len(results) == 50 and len(set(results)) == 1  # one conversation, one reply...
+    assert results[0] >= 12  # ...of whole sentences, at least `reply_tokens` long
     await simulated.settle()
+
+
+async def test_an_error_answered_before_a_stream_is_logged_with_its_error_id(
+    simulated: RunningSluice, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The id a client is given for a 4xx can be looked up in the log."""
+    caplog.set_level(logging.INFO, logger="sluice")
+    response = await client.post(simulated.base_url + URL, json=chat_body(model="gpt-9"),
+                                 headers={"X-Request-ID": "req-unknown-model"})
+    error_id = response.json()["error"]["error_id"]
+    [record] = [r for r in caplog.records if error_id in r.getMessage()]
+    assert record.levelno == logging.INFO
+    assert record.getMessage().startswith(
+        "request req-unknown-model: POST /v1/chat/completions answered 404 model_not_found")
+
+
+async def test_a_stream_that_failed_before_any_content_says_so_in_the_log(
+    sluice: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream.scenario = Scenario(status=500)
+    caplog.set_level(logging.INFO, logger="sluice.stream")
+    response = await client.post(sluice.base_url + URL, json=chat_body(),
+                                 headers={"X-Request-ID": "req-no-content"})
+    assert response.status_code == 502
+    error_id = response.json()["error"]["error_id"]
+    await sluice.settle()  # the stream logs its end after the answer went out
+    [record] = [r for r in caplog.records if error_id in r.getMessage()]
+    assert record.getMessage().startswith(
+        "stream req-no-content ended before any backend sent content: upstream_error")
