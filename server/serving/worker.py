@@ -61,6 +61,7 @@ from hypercorn.trio.run import worker_serve as hypercorn_worker_serve
 from server.gateway import Gateway, SluiceApp
 from server.serving import tcp_server
 from server.serving.launch import LOG_FORMAT
+from server.serving.lifecycle import Lifecycle
 
 log = logging.getLogger("sluice.serving")
 
@@ -105,11 +106,9 @@ async def drain_on_shutdown(gateway: Gateway, trigger: Trigger | None) -> None:
                  reason, live, seconds)
         started = trio.current_time()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cut_short_on_signal, signals, nursery.cancel_scope)
-            with trio.move_on_after(seconds):
-                await lifecycle.active.wait_value(0)
+            nursery.start_soon(_cut_short_on_signal, signals, lifecycle)
+            stopped = await lifecycle.drain(seconds)
             nursery.cancel_scope.cancel("the drain is over")
-        stopped = lifecycle.stop_streams()
     log.info("drain over after %.1f s: %d stream(s) finished, %d told to retry "
              "(server_shutting_down)", trio.current_time() - started, max(0, live - stopped),
              stopped)
@@ -139,12 +138,12 @@ async def _first_of(trigger: Trigger | None, signals: AsyncIterator[int] | None)
 
 
 async def _cut_short_on_signal(signals: AsyncIterator[int] | None,
-                               drain: trio.CancelScope) -> None:
+                               lifecycle: Lifecycle) -> None:
     if signals is None:
         return
     async for number in signals:
         log.info("%s again: ending the drain now", signal.Signals(number).name)
-        drain.cancel("a second shutdown signal")
+        lifecycle.cut_short()
         return
 
 

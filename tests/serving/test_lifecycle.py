@@ -89,3 +89,18 @@ async def test_a_stream_starting_during_the_drain_is_waited_for_and_stopped(
         start_stream(nursery, lifecycle, 1, 600.0, stopped)
     assert stopped == {1: "server shutting down"}
     assert trio.current_time() == 60.0
+
+
+async def test_cutting_a_drain_short_stops_what_is_live_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A second signal ends the wait: live streams are told to stop then, not at the deadline."""
+    lifecycle = Lifecycle()
+    stopped: dict[int, str | None] = {}
+    async with trio.open_nursery() as nursery:
+        start_stream(nursery, lifecycle, 0, 3600.0, stopped)
+        nursery.start_soon(lifecycle.drain, 600.0)
+        await trio.sleep(7)
+        lifecycle.cut_short()
+    assert stopped == {0: "server shutting down"}
+    assert trio.current_time() == 7.0
