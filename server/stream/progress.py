@@ -31,7 +31,9 @@ class StreamProgress:
     finished: bool = False  # some choice has a finish_reason
     served_by: str | None = None  # the backend of the first content chunk
     attempts: int = 0  # upstream requests made, continuations included
-    # The last usage the upstream reported (as relayed: a continuation's counts the whole answer).
+    # The last usage the upstream reported, as relayed (a continuation's counts the whole
+    # answer). Read from chunks without content, where upstreams send it, and from every
+    # chunk of a continuation: a content chunk costs nothing more for it.
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     # Kept only when a backend of the model can continue a cut (`server.stream.continuation`):

@@ -255,11 +255,12 @@ def test_a_cut_after_the_commit_is_continued_elsewhere() -> None:
     assert after.verdict == "continue" and not after.over
     assert failover.next_attempt(0.0) == CONTINUATION
     assert failover.excluded == {"primary"}
-    attempt = failover.start("secondary", TIMEOUTS, 0.0)
+    late = POLICY.budget + 50  # a continuation is not bound by the budget before the commit
+    attempt = failover.start("secondary", TIMEOUTS, late)
     assert attempt.request.continues_answer
     assert attempt.request.body["messages"][-1] == {"role": "assistant", "content": "Once upon"}
     assert progress.continuations == 1 and progress.prefill_chunks == 2
-    assert attempt.deadline == TIMEOUTS.first_chunk  # a continuation has the whole timer
+    assert attempt.deadline == late + TIMEOUTS.first_chunk  # and has the whole timer
     relayed(attempt, ROLE, chunk(content=" a time"), FINISH, DONE)
     assert failover.ended(None, 0.0).verdict == "complete"
 
