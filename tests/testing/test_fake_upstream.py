@@ -63,7 +63,7 @@ CLOSE_BOUND = 0.1
 # A fixed wall clock for plans, so sent_at and ping times are exact.
 WALL_TIME = 1_700_000_000.25
 CHAT = "/v1/chat/completions"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- helpers
