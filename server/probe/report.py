@@ -1,0 +1,157 @@
+"""What many runs add up to: per-endpoint summaries, the text table, the JSON, the progress line.
+
+    summaries = summarise(runs)          # one per endpoint, in the order given
+    print(table(summaries))              # side by side, with Δ = first − second
+    json.dumps(as_json(runs, summaries))
+
+A summary gives each number's median, p90 and p99 over the runs (nearest
+rank, so with 5 runs p90 and p99 are the worst run), the verdicts counted,
+and the verdict most runs got — on a tie, the worse one (error, cut,
+buffered, streaming).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server.probe.runs import Run
+from server.probe.timeline import percentile
+from server.probe.verdict import VERDICTS, VerdictKind
+
+# (label, the RunStats field, how to show it): the table's rows, in order.
+_ROWS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
+    ("TTFB (response head)", "ttfb", lambda v: f"{v * 1000:.1f} ms"),
+    ("time to first content", "ttft", lambda v: f"{v * 1000:.1f} ms"),
+    ("total time", "total", lambda v: f"{v * 1000:.0f} ms"),
+    ("chunks", "chunks", lambda v: f"{v:.0f}"),
+    ("content tokens", "tokens", lambda v: f"{v:.0f}"),
+    ("tokens/s after the first", "tokens_per_second", lambda v: f"{v:.1f}"),
+    ("gap p50", "gap_p50", lambda v: f"{v * 1000:.2f} ms"),
+    ("gap p90", "gap_p90", lambda v: f"{v * 1000:.2f} ms"),
+    ("gap p99", "gap_p99", lambda v: f"{v * 1000:.2f} ms"),
+    ("gap max", "gap_max", lambda v: f"{v * 1000:.2f} ms"),
+    ("zero intervals (<1 ms)", "zero_share", lambda v: f"{v * 100:.0f} %"),
+    ("largest burst", "largest_burst", lambda v: f"{v:.0f}"),
+)
+_WORST_FIRST = ("error", "cut", "buffered", "streaming")
+
+
+@dataclass(frozen=True, slots=True)
+class Spread:
+    p50: float
+    p90: float
+    p99: float
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    endpoint: str
+    runs: int
+    verdict: VerdictKind  # what most runs got
+    reason: str  # the reason of the first run with that verdict
+    verdicts: dict[str, int]  # every verdict, counted
+    statuses: dict[str, int]  # HTTP statuses ("none": no response), counted
+    done: int  # runs that ended with [DONE]
+    usage: dict[str, int] | None  # the last usage reported
+    numbers: dict[str, Spread]  # RunStats field → spread over the runs that have it
+
+
+def summarise(runs: Sequence[Run], endpoints: Sequence[str] = ()) -> list[Summary]:
+    """One summary per endpoint, in the order of ``endpoints`` (else first seen)."""
+    order = list(dict.fromkeys([*endpoints, *(run.endpoint for run in runs)]))
+    return [_summary(e, mine) for e in order if (mine := [r for r in runs if r.endpoint == e])]
+
+
+def _summary(endpoint: str, runs: list[Run]) -> Summary:
+    runs = sorted(runs, key=lambda r: r.number)
+    counted = Counter(run.verdict.kind for run in runs)
+    verdict = max(counted, key=lambda kind: (counted[kind], -_WORST_FIRST.index(kind)))
+    reason = next(run.verdict.reason for run in runs if run.verdict.kind == verdict)
+    numbers = {}
+    for _, name, _ in _ROWS:
+        values = [v for run in runs if (v := getattr(run.stats, name)) is not None]
+        if values:
+            numbers[name] = Spread(*(float(percentile(values, q) or 0.0)
+                                     for q in (0.5, 0.9, 0.99)))
+    usage = next((dict(r.timeline.usage) for r in reversed(runs) if r.timeline.usage), None)
+    return Summary(
+        endpoint=endpoint, runs=len(runs), verdict=verdict, reason=reason,
+        verdicts={kind: counted[kind] for kind in VERDICTS if counted[kind]},
+        statuses=dict(Counter(str(r.timeline.status or "none") for r in runs)),
+        done=sum(r.timeline.done for r in runs), usage=usage, numbers=numbers)
+
+
+def table(summaries: Sequence[Summary]) -> str:
+    """The summaries side by side; with two endpoints, Δ p50 = first − second."""
+    letters = "ABCDEFGH"
+    lines = [f"{letters[i]}: {s.endpoint}" for i, s in enumerate(summaries)]
+    header = ["", *(f"{letters[i]} {q}" for i in range(len(summaries))
+                   for q in ("p50", "p90", "p99"))]
+    compare = len(summaries) == 2
+    if compare:
+        header.append("Δ p50 (A−B)")
+    rows: list[list[str]] = [header]
+    for label, name, show in _ROWS:
+        row = [label]
+        for s in summaries:
+            spread = s.numbers.get(name)
+            row += [show(v) for v in (spread.p50, spread.p90, spread.p99)] if spread \
+                else ["–"] * 3
+        if compare:
+            a, b = (s.numbers.get(name) for s in summaries)
+            row.append(_signed(show, a.p50 - b.p50) if a and b else "–")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines.append("")
+    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+              for row in rows]
+    lines.append("")
+    for i, s in enumerate(summaries):
+        counts = ", ".join(f"{k} {n}" for k, n in s.verdicts.items())
+        statuses = ", ".join(f"{k} ×{n}" for k, n in s.statuses.items())
+        usage = ", ".join(f"{k} {v}" for k, v in (s.usage or {}).items()) or "none reported"
+        lines += [f"{letters[i]}: {s.verdict.upper()} ({counts} of {s.runs} runs) — {s.reason}",
+                  f"   status {statuses}; [DONE] in {s.done} of {s.runs}; usage: {usage}"]
+    return "\n".join(lines)
+
+
+def _signed(show: Callable[[float], str], value: float) -> str:
+    text = show(abs(value))
+    return ("+" if value >= 0 else "−") + text
+
+
+def as_json(runs: Sequence[Run], summaries: Sequence[Summary]) -> dict[str, Any]:
+    """Everything, for machines: each endpoint's summary and every run."""
+    return {"endpoints": [
+        {"summary": dataclasses.asdict(s),
+         "runs": [_run_json(r) for r in sorted(runs, key=lambda r: r.number)
+                  if r.endpoint == s.endpoint]}
+        for s in summaries
+    ]}
+
+
+def _run_json(run: Run) -> dict[str, Any]:
+    stats = dataclasses.asdict(run.stats)
+    stats.pop("gaps")
+    timeline = dataclasses.asdict(run.timeline)
+    timeline.pop("endpoint")
+    return {"number": run.number, "verdict": run.verdict.kind, "reason": run.verdict.reason,
+            **stats, "timeline": timeline}
+
+
+def progress_line(finished: int, total: int, runs: Sequence[Run],
+                  endpoints: Sequence[str]) -> str:
+    """``probe 7/20 · A: streaming 4 · B: streaming 3 · last: 412 ms, streaming``."""
+    parts = [f"probe {finished}/{total}"]
+    for letter, endpoint in zip("ABCDEFGH", endpoints, strict=False):
+        counts = Counter(run.verdict.kind for run in runs if run.endpoint == endpoint)
+        parts.append(f"{letter}: " + (" ".join(f"{k} {n}" for k, n in counts.items()) or "–"))
+    if runs:
+        last = runs[-1]
+        parts.append(f"last: {last.stats.total * 1000:.0f} ms, {last.verdict.kind}")
+    return " · ".join(parts)
