@@ -72,6 +72,17 @@ def inspect_chunk(payload: bytes) -> tuple[ChunkFacts, dict[str, Any]]:
     return _PLAIN_FACTS[content][finished], chunk
 
 
+def usage_of(payload: bytes) -> dict[str, Any] | None:
+    """The ``usage`` object of a chunk's payload, if it has one (read once, at a stream's end)."""
+    if b'"usage"' not in payload:
+        return None
+    try:
+        usage = orjson.loads(payload).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return usage if isinstance(usage, dict) else None
+
+
 # Facts without an error come in four kinds: share them (a frozen dataclass
 # costs ~1 µs to build, a measurable share of a relayed chunk).
 _PLAIN_FACTS = ((ChunkFacts(False, False, None), ChunkFacts(False, True, None)),

@@ -154,11 +154,13 @@ def serve_worker(config: StreamingConfig, sockets: Sockets, shutdown: ProcessEve
                  drain_seconds: float, log_level: str = "info") -> None:
     """One worker process: the app under hypercorn's trio server, draining on shutdown."""
     configure_logging(log_level)  # a no-op where `sluice serve` already did it
+    from server.access_log import use_log_format
     from server.app import app  # built here, in the worker, from $SLUICE_CONFIG
 
     tune_gc()
 
     gateway = app.extensions["sluice.gateway"]
+    use_log_format(gateway.settings.logging.format)  # [logging] format = "json": JSON lines
 
     async def drain_then_stop() -> None:
         if shutdown is None:

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import trio
 
-from server.chunks import error_event_payload, inspect_chunk
+from server.chunks import error_event_payload, inspect_chunk, usage_of
 from server.errors import SluiceError
 from server.sse import DONE_EVENT, KEEPALIVE, frame
 from server.stream.aggregate import CompletionBuilder
@@ -38,13 +38,17 @@ async def write_sse(
     message: no added latency when the client keeps up, far fewer sends
     (and syscalls) when it does not.
     """
+    last = b""  # the last chunk: the usage chunk, when there is one
     with items:
         while True:
             payloads, end = await receive_batch(items)
             body = [frame(payload) for payload in payloads]
+            if payloads:
+                last = payloads[-1]
             if end is None:
                 await response.write(b"".join(body) if body else KEEPALIVE)
             elif end.error is None:
+                response.usage = usage_of(last)
                 body.append(DONE_EVENT)
                 await response.finish(b"".join(body))
                 return None
@@ -100,16 +104,20 @@ async def write_one_reply(
 
     Nothing is sent before the end, so a failure always keeps its own status.
     """
+    chunk: dict[str, Any] = {}
     with items:
         async for item in items:
             if isinstance(item, bytes):
-                add(inspect_chunk(item)[1])
+                chunk = inspect_chunk(item)[1]
+                add(chunk)
             elif isinstance(item, Heartbeat):
                 continue  # a single reply has nothing to show until the end
             elif item.error is not None:
                 await response.fail(item.error)
                 return item.error
             else:
+                usage = chunk.get("usage")  # the last chunk: the usage chunk, when there is one
+                response.usage = usage if isinstance(usage, dict) else None
                 body = orjson.dumps(reply())
                 await response.start(200, [(b"content-type", b"application/json"),
                                            (b"content-length", str(len(body)).encode())])
