@@ -13,6 +13,7 @@ from server.chunks import (
     chunk_bytes,
     error_event_payload,
     inspect_chunk,
+    usage_of,
 )
 from server.errors import StreamCut, UpstreamTimeout
 
@@ -228,3 +229,13 @@ def test_error_event_payload_hides_the_detail() -> None:
     payload = error_event_payload(error)
     assert b"10.0.0.7" not in payload
     assert orjson.loads(payload)["error"]["code"] == "stream_truncated"
+
+
+def test_usage_of_a_usage_chunk_and_of_others() -> None:
+    usage = {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}
+    assert usage_of(chunk_bytes(completion_id="c", created=0, model="m", usage=usage)) == usage
+    assert usage_of(chunk_bytes(completion_id="c", created=0, model="m",
+                                delta={"content": "usage"})) is None
+    assert usage_of(b'{"usage": 5}') is None
+    assert usage_of(b'[1, "usage"]') is None
+    assert usage_of(b'{"usage": {not json') is None

@@ -22,21 +22,39 @@ from server.probe.runs import Run
 from server.probe.timeline import percentile
 from server.probe.verdict import VERDICTS, VerdictKind
 
-# (label, the RunStats field, how to show it): the table's rows, in order.
-_ROWS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
-    ("TTFB (response head)", "ttfb", lambda v: f"{v * 1000:.1f} ms"),
-    ("time to first content", "ttft", lambda v: f"{v * 1000:.1f} ms"),
-    ("total time", "total", lambda v: f"{v * 1000:.0f} ms"),
-    ("chunks", "chunks", lambda v: f"{v:.0f}"),
-    ("content tokens", "tokens", lambda v: f"{v:.0f}"),
-    ("tokens/s after the first", "tokens_per_second", lambda v: f"{v:.1f}"),
-    ("gap p50", "gap_p50", lambda v: f"{v * 1000:.2f} ms"),
-    ("gap p90", "gap_p90", lambda v: f"{v * 1000:.2f} ms"),
-    ("gap p99", "gap_p99", lambda v: f"{v * 1000:.2f} ms"),
-    ("gap max", "gap_max", lambda v: f"{v * 1000:.2f} ms"),
-    ("zero intervals (<1 ms)", "zero_share", lambda v: f"{v * 100:.0f} %"),
-    ("largest burst", "largest_burst", lambda v: f"{v:.0f}"),
-)
+# The table's rows, in order: label | RunStats field | unit (ms = seconds shown in
+# milliseconds, % = a share in percent) and decimals.
+_ROW_TABLE = """
+TTFB (response head)     | ttfb              | ms 1
+time to first content    | ttft              | ms 1
+total time               | total             | ms 0
+chunks                   | chunks            | -  0
+content tokens           | tokens            | -  0
+tokens/s after the first | tokens_per_second | -  1
+gap p50                  | gap_p50           | ms 2
+gap p90                  | gap_p90           | ms 2
+gap p99                  | gap_p99           | ms 2
+gap max                  | gap_max           | ms 2
+zero intervals (<1 ms)   | zero_share        | %  0
+largest burst            | largest_burst     | -  0
+"""
+
+
+def _shower(unit: str, decimals: int) -> Callable[[float], str]:
+    scale, suffix = {"ms": (1000, " ms"), "%": (100, " %"), "-": (1, "")}[unit]
+    return lambda v: f"{v * scale:.{decimals}f}{suffix}"
+
+
+def _rows() -> tuple[tuple[str, str, Callable[[float], str]], ...]:
+    rows = []
+    for line in _ROW_TABLE.strip().splitlines():
+        label, name, shown = (part.strip() for part in line.split("|"))
+        unit, decimals = shown.split()
+        rows.append((label, name, _shower(unit, int(decimals))))
+    return tuple(rows)
+
+
+_ROWS = _rows()  # (label, the RunStats field, how to show a value)
 _WORST_FIRST = ("error", "cut", "buffered", "streaming")
 
 
