@@ -22,7 +22,7 @@ import orjson
 import trio
 
 from server.probe.measure import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT, ProbeRequest
-from server.probe.report import as_json, progress_line, summarise, table
+from server.probe.report import as_json, progress_line, run_lines, summarise, table
 from server.probe.runs import Run, first_model, probe_endpoints
 
 
@@ -100,7 +100,7 @@ async def probe_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> i
         out.write(orjson.dumps(as_json(runs, summaries), option=orjson.OPT_INDENT_2).decode())
         out.write("\n")
     else:
-        out.write(table(summaries) + "\n")
+        out.write(run_lines(runs, urls) + "\n\n" + table(summaries) + "\n")
     if args.plot is not None:
         from server.probe.plot import PlotUnavailable, figure, render
 

@@ -138,6 +138,26 @@ def table(summaries: Sequence[Summary]) -> str:
     return "\n".join(lines)
 
 
+def run_lines(runs: Sequence[Run], endpoints: Sequence[str]) -> str:
+    """One line per run, in run order: ``A1 streaming  200  TTFB 12.1 ms  first 12.3 ms ...``."""
+    lines = []
+    for letter, endpoint in zip("ABCDEFGH", endpoints, strict=False):
+        for run in sorted((r for r in runs if r.endpoint == endpoint), key=lambda r: r.number):
+            st, t = run.stats, run.timeline
+            zero = "–" if st.zero_share is None else f"{st.zero_share * 100:.0f} %"
+            lines.append(
+                f"{letter}{run.number:<3} {run.verdict.kind:<9} {t.status or '–':>4}  "
+                f"TTFB {_ms(st.ttfb)}  first {_ms(st.ttft)}  total {_ms(st.total)}  "
+                f"{st.chunks} chunks  {st.tokens} tokens  gaps p50 {_ms(st.gap_p50)} "
+                f"max {_ms(st.gap_max)}  zero {zero}  burst {st.largest_burst}  "
+                f"{'[DONE]' if t.done else 'no [DONE]'}")
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value * 1000:.1f} ms"
+
+
 def _signed(show: Callable[[float], str], value: float) -> str:
     text = show(abs(value))
     return ("+" if value >= 0 else "−") + text

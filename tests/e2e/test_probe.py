@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from server.probe import ProbeRequest, probe_endpoints, summarise
+from server.probe import ProbeRequest, probe_endpoints
 from server.probe.cli import add_arguments, probe_command
 from server.testing.fake_upstream import FakeUpstream, Scenario
 from server.testing.fake_upstream.request import DEFAULT_MODEL
@@ -132,6 +132,3 @@ async def test_json_output_and_an_exit_status_for_a_buffered_endpoint(
     sent = upstream.requests[-1].json
     assert sent is not None and sent["model"] == DEFAULT_MODEL
 
-
-def test_summaries_keep_the_order_of_the_command_line() -> None:
-    assert summarise([], ["b", "a"]) == []

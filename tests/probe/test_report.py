@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from server.probe.plot import _edges, figure, render
-from server.probe.report import as_json, progress_line, summarise, table
+from server.probe.report import as_json, progress_line, run_lines, summarise, table
 from server.probe.runs import Run, judge_run
 from server.probe.timeline import Timeline
 
@@ -118,3 +118,12 @@ def test_render_writes_png_svg_and_the_spec(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "p.vl.json").read_text()) == spec
     with pytest.raises(ValueError, match=r"not 'p\.gif'"):
         render(spec, tmp_path / "p.gif")
+
+
+def test_one_line_per_run_in_run_order() -> None:
+    lines = run_lines(RUNS, ["A", "B"]).splitlines()
+    assert [line.split()[0] for line in lines] == ["A1", "A2", "A3", "B1", "B2", "B3"]
+    assert lines[0].split()[1:3] == ["streaming", "200"]
+    assert "TTFB 4.0 ms  first 50.0 ms  total 231.0 ms  10 chunks  10 tokens" in lines[0]
+    assert lines[5].split()[1] == "buffered"
+    assert lines[5].endswith("zero 100 %  burst 10  [DONE]")
