@@ -1,6 +1,8 @@
 """Is this stream really streaming? ``sluice probe`` as a library.
 
-    from server.probe import ProbeRequest, probe_endpoints, summarise, table
+    from server.probe.measure import ProbeRequest
+    from server.probe.report import summarise, table
+    from server.probe.runs import probe_endpoints
 
     runs = await probe_endpoints([ProbeRequest("http://127.0.0.1:8000/v1", "m")], runs=5)
     print(table(summarise(runs)))
@@ -9,17 +11,8 @@ Modules, inside out: `timeline` (one run as the client saw it, and its
 numbers), `verdict` (streaming, buffered, cut or error: the rule),
 `measure` (one real request, recorded), `runs` (many, interleaved and
 concurrent), `report` (summaries, the table, JSON, the progress line),
-`plot` (the picture), `cli` (``sluice probe``). Needs httpx; the picture
-needs the ``probe`` extra (``pip install 'sluice[probe]'``).
+`plot` (the picture), `cli` (``sluice probe``). The probe needs httpx and
+the picture vl-convert: the ``probe`` extra (``pip install 'sluice[probe]'``).
+Nothing is imported here, so the ``sluice`` command (whose parser knows
+``probe``) runs the gateway without either installed.
 """
-
-from __future__ import annotations
-
-from server.probe.measure import ProbeRequest, measure
-from server.probe.report import Summary, summarise, table
-from server.probe.runs import Run, probe_endpoints
-from server.probe.timeline import RunStats, Timeline, run_stats
-from server.probe.verdict import Verdict, judge
-
-__all__ = ["ProbeRequest", "Run", "RunStats", "Summary", "Timeline", "Verdict", "judge",
-           "measure", "probe_endpoints", "run_stats", "summarise", "table"]

@@ -15,15 +15,16 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import httpx
 import orjson
 import trio
 
-from server.probe.measure import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT, ProbeRequest
-from server.probe.report import as_json, progress_line, run_lines, summarise, table
-from server.probe.runs import Run, first_model, probe_endpoints
+if TYPE_CHECKING:
+    from server.probe.runs import Run
+
+# httpx (the probe's client) is the `probe` extra's: it is imported when the
+# command runs, so that building the `sluice` parser never needs it.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", metavar="URL2",
                         help="a second base URL, probed in the same run, side by side")
     parser.add_argument("--model", help="model name (default: the first at GET URL/models)")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the user message")
-    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
+    parser.add_argument("--prompt", help="the user message (default: a counting prompt)")
+    parser.add_argument("--max-tokens", type=int, help="max_tokens (default: 128)")
     parser.add_argument("--runs", type=int, default=5, help="runs per endpoint (default: 5)")
     parser.add_argument("--concurrency", type=int, default=1,
                         help="runs in flight at once (default: 1)")
@@ -57,7 +58,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> str | None:
-    if args.runs < 1 or args.concurrency < 1 or args.max_tokens < 1:
+    if args.runs < 1 or args.concurrency < 1 or (args.max_tokens or 1) < 1:
         return "--runs, --concurrency and --max-tokens must be at least 1"
     if args.idle <= 0:
         return "--idle must be > 0"
@@ -69,9 +70,21 @@ def check(args: argparse.Namespace) -> str | None:
 
 async def probe_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """The whole command, awaitable (the tests run it inside their own trio run)."""
+    try:
+        import httpx
+    except ImportError:
+        print("sluice probe: needs httpx: pip install 'sluice[probe]'", file=err)
+        return 2
+    from server.probe.measure import ProbeRequest
+    from server.probe.report import as_json, progress_line, run_lines, summarise, table
+    from server.probe.runs import first_model, probe_endpoints
+
     key = os.environ.get(args.api_key_env)
     headers = {"authorization": f"Bearer {key}"} if key else {}
     urls = [args.url] + ([args.compare] if args.compare else [])
+    asked: dict[str, Any] = {name: value for name, value in
+                             (("prompt", args.prompt), ("max_tokens", args.max_tokens))
+                             if value is not None}
     requests = []
     for url in urls:
         try:
@@ -79,9 +92,8 @@ async def probe_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> i
         except (httpx.HTTPError, ValueError) as error:
             print(f"sluice probe: no --model given and {url} lists none: {error}", file=err)
             return 2
-        requests.append(ProbeRequest(url, model, prompt=args.prompt, max_tokens=args.max_tokens,
-                                     stream_options=not args.no_stream_options,
-                                     headers=headers, endpoint=url))
+        requests.append(ProbeRequest(url, model, stream_options=not args.no_stream_options,
+                                     headers=headers, endpoint=url, **asked))
     finished: list[Run] = []
     live = err.isatty()
 

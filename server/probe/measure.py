@@ -28,8 +28,6 @@ from server.probe.timeline import Timeline
 from server.sse import DONE, EventTooLarge, SSEDecoder
 
 _ERROR_BODY_BYTES = 64 * 1024  # read this much of an error body, at most
-DEFAULT_PROMPT = "Count from 1 to 40, one number per line."
-DEFAULT_MAX_TOKENS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +36,8 @@ class ProbeRequest:
 
     base_url: str
     model: str
-    prompt: str = DEFAULT_PROMPT
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    prompt: str = "Count from 1 to 40, one number per line."
+    max_tokens: int = 128
     stream_options: bool = True  # ask for the usage chunk; some servers reject the field
     headers: Mapping[str, str] = field(default_factory=dict)  # e.g. Authorization
     endpoint: str = ""  # a label for reports; default: the base URL

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from server.probe import ProbeRequest, probe_endpoints
 from server.probe.cli import add_arguments, probe_command
+from server.probe.measure import ProbeRequest
+from server.probe.runs import probe_endpoints
 from server.testing.fake_upstream import FakeUpstream, Scenario
 from server.testing.fake_upstream.request import DEFAULT_MODEL
 from tests.conftest import running_sluice, settings_for

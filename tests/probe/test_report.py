@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from server.probe.plot import _edges, figure, render
 from server.probe.report import as_json, progress_line, run_lines, summarise, table
 from server.probe.runs import Run, judge_run
 from server.probe.timeline import Timeline
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(endpoint: str, number: int, content_at: list[float], *, done: bool = True,
@@ -127,3 +131,16 @@ def test_one_line_per_run_in_run_order() -> None:
     assert "TTFB 4.0 ms  first 50.0 ms  total 231.0 ms  10 chunks  10 tokens" in lines[0]
     assert lines[5].split()[1] == "buffered"
     assert lines[5].endswith("zero 100 %  burst 10  [DONE]")
+
+
+def test_the_sluice_command_needs_neither_httpx_nor_vl_convert() -> None:
+    """`sluice serve` runs on the core install: the probe's imports wait for `sluice probe`."""
+    code = ("import sys\n"
+            "sys.modules['httpx'] = sys.modules['vl_convert'] = None  # not installed\n"
+            "from server.cli import main\n"
+            "try:\n    main(['probe', '--help'])\n"
+            "except SystemExit as exit:\n    sys.exit(exit.code)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "--compare URL2" in result.stdout
