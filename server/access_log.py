@@ -60,11 +60,11 @@ class StreamRecord:
     ttfb: float | None  # seconds from the request to the first content chunk (the first byte)
     duration: float  # seconds from the request to the stream's end
     chunks: int  # upstream chunks relayed
-    usage: Mapping[str, Any] | None = None  # the usage the client was sent, if any
+    prompt_tokens: int | None = None  # as the upstream's usage reported them; None: unknown
+    completion_tokens: int | None = None
 
     def fields(self) -> dict[str, Any]:
         """The record as flat, JSON-ready fields (times in milliseconds)."""
-        usage = self.usage or {}
         return {
             "request_id": self.request_id, "key": self.key, "model": self.model[:_MAX_STRING],
             "backend": self.backend, "attempts": self.attempts, "outcome": self.outcome,
@@ -72,8 +72,7 @@ class StreamRecord:
             "stream": self.stream,
             "ttfb_ms": None if self.ttfb is None else round(self.ttfb * 1000, 1),
             "duration_ms": round(self.duration * 1000, 1), "chunks": self.chunks,
-            "prompt_tokens": _count(usage.get("prompt_tokens")),
-            "completion_tokens": _count(usage.get("completion_tokens")),
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
         }
 
 
@@ -94,10 +93,6 @@ def _text_value(value: object) -> str:
     if isinstance(value, str) and not _PLAIN.fullmatch(value):
         return orjson.dumps(value).decode()
     return str(value)
-
-
-def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class _Rendered:
@@ -148,9 +143,21 @@ class JsonLines(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
-def use_log_format(fmt: LogFormat, logger: logging.Logger | None = None) -> None:
-    """Give the handlers of ``logger`` (the root) the chosen format: for ``sluice serve``."""
+def use_log_format(fmt: LogFormat) -> None:
+    """Give the handlers that print Sluice's records the chosen format (at serving start).
+
+    Those are the root logger's (``sluice serve`` configures it) and the
+    ``sluice`` logger's own (set when nothing else would show its records).
+    """
     if fmt != "json":
         return
-    for handler in (logger or logging.getLogger()).handlers:
-        handler.setFormatter(JsonLines())
+    for logger in (logging.getLogger(), logging.getLogger("sluice")):
+        for handler in logger.handlers:
+            handler.setFormatter(JsonLines())
+
+
+def token_counts(usage: Mapping[str, Any] | None) -> tuple[int | None, int | None]:
+    """(prompt_tokens, completion_tokens) of a usage object; None where it has no count."""
+    counts = [(usage or {}).get(key) for key in ("prompt_tokens", "completion_tokens")]
+    ok = [c if isinstance(c, int) and not isinstance(c, bool) else None for c in counts]
+    return ok[0], ok[1]

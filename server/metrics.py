@@ -131,11 +131,10 @@ class Metrics:
         duration.observe(record.duration)
         if record.ttfb is not None:
             ttft.observe(record.ttfb)
-        usage = record.usage or {}
-        output, prompt = usage.get("completion_tokens"), usage.get("prompt_tokens")
-        if isinstance(prompt, int):
+        output, prompt = record.completion_tokens, record.prompt_tokens
+        if prompt is not None:
             tokens_in.observe(prompt)
-        if isinstance(output, int):
+        if output is not None:
             tokens_out.observe(output)
             if output > 1 and record.ttfb is not None:
                 tpot.observe((record.duration - record.ttfb) / (output - 1))

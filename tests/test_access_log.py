@@ -9,13 +9,20 @@ from dataclasses import replace
 
 import pytest
 
-from server.access_log import AccessLog, JsonLines, StreamRecord, format_json, format_text
+from server.access_log import (
+    AccessLog,
+    JsonLines,
+    StreamRecord,
+    format_json,
+    format_text,
+    token_counts,
+    use_log_format,
+)
 
 RECORD = StreamRecord(
     request_id="req_0f", key=None, model="llama3", backend="local", attempts=2,
     outcome="completed", error_id=None, error=None, status=200, stream=True, ttfb=0.21234,
-    duration=4.01291, chunks=131, usage={"prompt_tokens": 24, "completion_tokens": 128,
-                                          "total_tokens": 152})
+    duration=4.01291, chunks=131, prompt_tokens=24, completion_tokens=128)
 
 
 def test_text_line() -> None:
@@ -35,7 +42,8 @@ def test_json_line() -> None:
 
 def test_a_failed_stream_without_usage() -> None:
     failed = replace(RECORD, backend=None, outcome="upstream_timeout", error_id="err_9",
-                     error="first_chunk_timeout", status=504, ttfb=None, usage=None)
+                     error="first_chunk_timeout", status=504, ttfb=None, prompt_tokens=None,
+                     completion_tokens=None)
     text = format_text(failed)
     assert "backend=- " in text and "ttfb_ms=- " in text
     assert "error_id=err_9 error=first_chunk_timeout status=504" in text
@@ -57,9 +65,10 @@ def test_a_long_model_name_is_cut() -> None:
     assert len(json.loads(format_json(replace(RECORD, model="m" * 5000)))["model"]) == 200
 
 
-def test_usage_that_is_not_a_count_is_left_out() -> None:
-    fields = replace(RECORD, usage={"prompt_tokens": "24", "completion_tokens": True}).fields()
-    assert (fields["prompt_tokens"], fields["completion_tokens"]) == (None, None)
+def test_token_counts_of_a_usage_object() -> None:
+    assert token_counts({"prompt_tokens": 24, "completion_tokens": 128}) == (24, 128)
+    assert token_counts({"prompt_tokens": "24", "completion_tokens": True}) == (None, None)
+    assert token_counts(None) == (None, None)
 
 
 def logger_with(formatter: logging.Formatter | None) -> tuple[logging.Logger, list[str]]:
@@ -93,3 +102,20 @@ def test_json_lines_formatter_puts_the_fields_at_the_top() -> None:
     assert access["ts"].endswith("Z") and "message" not in access
     assert warning["message"] == "attempt via local failed"
     assert warning["level"] == "WARNING"
+
+
+def test_use_log_format_json_formats_what_prints_sluice_records() -> None:
+    sluice = logging.getLogger("sluice")
+    own = logging.StreamHandler()
+    sluice.addHandler(own)
+    handlers = [*logging.getLogger().handlers, own]
+    before = [h.formatter for h in handlers]
+    try:
+        use_log_format("text")
+        assert own.formatter is None
+        use_log_format("json")
+        assert all(isinstance(h.formatter, JsonLines) for h in handlers)
+    finally:
+        for handler, formatter in zip(handlers, before, strict=True):
+            handler.setFormatter(formatter)
+        sluice.removeHandler(own)

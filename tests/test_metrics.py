@@ -22,7 +22,7 @@ ROUTES = tuple(Route(SimulatedBackend(b), CircuitBreaker(SETTINGS.breaker))
 RECORD = StreamRecord(
     request_id="r", key=None, model="llama3", backend="sim", attempts=1, outcome="completed",
     error_id=None, error=None, status=200, stream=True, ttfb=0.1, duration=2.1, chunks=103,
-    usage={"prompt_tokens": 30, "completion_tokens": 101})
+    prompt_tokens=30, completion_tokens=101)
 LABELS = {"gen_ai_operation_name": "chat", "gen_ai_provider_name": "simulated",
           "gen_ai_request_model": "llama3", "backend": "sim"}
 
@@ -50,7 +50,8 @@ def test_a_completed_stream() -> None:
 
 def test_a_failed_stream_counts_only_its_duration_with_its_error_type() -> None:
     metrics = Metrics()
-    metrics.record_genai(replace(RECORD, outcome="upstream_timeout", usage=None), ROUTES)
+    metrics.record_genai(replace(RECORD, outcome="upstream_timeout", prompt_tokens=None,
+                                  completion_tokens=None), ROUTES)
     assert sample(metrics, "gen_ai_server_request_duration_seconds_count", **LABELS,
                   error_type="upstream_timeout") == 1
     assert sample(metrics, "gen_ai_server_time_to_first_token_seconds_count", **LABELS) is None
@@ -66,7 +67,7 @@ def test_a_name_only_a_wildcard_matched_is_other() -> None:
 
 def test_one_token_has_no_time_per_output_token() -> None:
     metrics = Metrics()
-    metrics.record_genai(replace(RECORD, usage={"completion_tokens": 1}), ROUTES)
+    metrics.record_genai(replace(RECORD, prompt_tokens=None, completion_tokens=1), ROUTES)
     assert sample(metrics, "gen_ai_server_time_per_output_token_seconds_count", **LABELS) == 0
     assert sample(metrics, "gen_ai_client_token_usage_count", **LABELS,
                   gen_ai_token_type="output") == 1

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import trio
 
-from server.access_log import AccessLog, StreamRecord
+from server.access_log import AccessLog, StreamRecord, token_counts
 from server.api.chat_completions import ChatRequest
 from server.errors import (
     ShuttingDown,
@@ -172,6 +172,7 @@ def _record(plan: StreamPlan, stats: PumpStats, outcome: str, error: SluiceError
             metrics: Metrics, response: LateStatusResponse) -> None:
     backend = stats.served_by or "none"
     now = trio.current_time()
+    prompt_tokens, completion_tokens = token_counts(response.usage)
     record = StreamRecord(
         request_id=plan.request_id, key=plan.key_name, model=plan.request.model,
         backend=stats.served_by, attempts=stats.attempts, outcome=outcome,
@@ -179,7 +180,8 @@ def _record(plan: StreamPlan, stats: PumpStats, outcome: str, error: SluiceError
         error=(error.code or error.type) if error else None,
         status=response.status, stream=plan.request.stream,
         ttfb=None if stats.first_content_at is None else stats.first_content_at - plan.received_at,
-        duration=now - plan.received_at, chunks=stats.chunks, usage=response.usage)
+        duration=now - plan.received_at, chunks=stats.chunks, prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens)
     metrics.record_genai(record, plan.pump.routes)
     if plan.access_log is not None:
         plan.access_log.write(record)
