@@ -2,6 +2,7 @@
 
     sluice serve [--config FILE] [--bind HOST:PORT] [--workers N|auto] [--log-level LEVEL]
     sluice fake-upstream [--port 9000] [--scenario tokens=20,tps=50,...]
+    sluice probe URL [--compare URL2] [--runs N] [--plot FILE.png] [--json]
 
 ``serve`` runs `server.app:app` through hypercorn's trio worker, with the
 settings of `server.serving.launch.hypercorn_config`. The configuration is checked
@@ -36,7 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     fake = commands.add_parser("fake-upstream", help="run the fault-injecting fake model server")
     fake_cli.add_arguments(fake)
 
+    from server.probe import cli as probe_cli
+
+    probe = commands.add_parser("probe", help="is this endpoint really streaming? (a verdict "
+                                "with numbers, and a picture)")
+    probe_cli.add_arguments(probe)
+
     args = parser.parse_args(argv)
+    if args.command == "probe":
+        return probe_cli.run_from_args(args)
     if args.command == "fake-upstream":
         fake_cli.run_from_args(args)
         return 0

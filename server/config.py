@@ -28,6 +28,8 @@ BackendKind = Literal["openai", "simulated", "ollama"]
 BACKEND_KINDS: tuple[BackendKind, ...] = ("openai", "simulated", "ollama")
 Continuation = Literal["none", "prefill"]
 CONTINUATIONS: tuple[Continuation, ...] = ("none", "prefill")
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
 DEFAULT_CONFIG = """
 [[backends]]
@@ -144,6 +146,14 @@ class ChatApiSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    """What Sluice logs, and how (`server.access_log`)."""
+
+    format: LogFormat = "text"  # "json": every line one JSON object (under `sluice serve`)
+    access_log: bool = True  # one line per stream on the ``sluice.access`` logger
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     backends: tuple[BackendSettings, ...]
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -153,6 +163,7 @@ class Settings:
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
     chat: ChatApiSettings = field(default_factory=ChatApiSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -188,6 +199,7 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
     admission = _admission(table.table("admission"))
     cors = _cors(table.table("cors"))
     chat_table = table.table("chat")  # read once the backends are known
+    logging = _logging(table.table("logging"))
     raw_backends: list[Any] | None = table.take("backends", list, None)
     table.finish()
     if not raw_backends:
@@ -202,7 +214,7 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
             raise ConfigError(f"{backend_path(name)}: two backends have this name")
     return Settings(backends=backends, server=server, timeouts=timeouts, retry=retry,
                     breaker=breaker, admission=admission, cors=cors,
-                    chat=_chat(chat_table, backends))
+                    chat=_chat(chat_table, backends), logging=logging)
 
 
 def backend_path(name: str) -> str:
@@ -327,6 +339,17 @@ def _chat(table: _Table, backends: tuple[BackendSettings, ...]) -> ChatApiSettin
         raise ConfigError(f"{table.path}.default_model: no backend serves {model!r}")
     table.finish()
     return ChatApiSettings(default_model=model)
+
+
+def _logging(table: _Table) -> LoggingSettings:
+    default = LoggingSettings()
+    settings = LoggingSettings(
+        format=table.take("format", str, default.format,  # type: ignore[arg-type]
+                          _one_of(LOG_FORMATS)),
+        access_log=table.take("access_log", bool, default.access_log),
+    )
+    table.finish()
+    return settings
 
 
 def _timeouts(table: _Table, inherited: Timeouts) -> Timeouts:

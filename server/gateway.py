@@ -30,6 +30,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from server.access_log import AccessLog
 from server.api.browser_chat import register_chat_api
 from server.api.chat_completions import ChatRequest, parse_chat_request
 from server.api.connection import SluiceHTTPConnection, StreamResponse
@@ -193,6 +194,7 @@ class Gateway:
         if admission.requests_per_minute > 0:
             self.rate_limiter = MemoryRateLimiter(admission.requests_per_minute, admission.burst)
         metrics.watch(lambda: self.routes, self.slots, self.lifecycle)
+        self.access_log = AccessLog(settings.logging.access_log, settings.logging.format)
 
     async def stream_response(self, chat: ChatRequest, write_body: BodyWriter,
                               received_at: float, *, heartbeats: bool) -> StreamResponse:
@@ -226,6 +228,7 @@ class Gateway:
             buffer=self.settings.server.stream_buffer,
             write_body=write_body,
             keepalive_interval=self.settings.server.keepalive_interval if heartbeats else None,
+            access_log=self.access_log,
         )
         return StreamResponse(plan, self.metrics)
 

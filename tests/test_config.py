@@ -413,3 +413,18 @@ def test_the_document_is_not_modified() -> None:
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+def test_logging_section() -> None:
+    from server.config import LoggingSettings
+
+    assert parse_settings(with_simulated()).logging == LoggingSettings("text", access_log=True)
+    settings = parse_settings({**with_simulated(),
+                               "logging": {"format": "json", "access_log": False}})
+    assert settings.logging == LoggingSettings("json", access_log=False)
+    assert config_error({**with_simulated(), "logging": {"format": "xml"}}) == (
+        "logging.format: must be one of text, json; got 'xml'")
+    assert config_error({**with_simulated(), "logging": {"access_log": "yes"}}) == (
+        "logging.access_log: expected bool, got 'yes'")
+    assert config_error({**with_simulated(), "logging": {"level": "info"}}) == (
+        "logging.level: unknown setting")

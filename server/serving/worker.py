@@ -58,6 +58,7 @@ from hypercorn.config import Config, Sockets
 from hypercorn.trio import run as hypercorn_trio_run
 from hypercorn.trio.run import worker_serve as hypercorn_worker_serve
 
+from server.access_log import use_log_format
 from server.gateway import Gateway, SluiceApp
 from server.serving import tcp_server
 from server.serving.launch import LOG_FORMAT
@@ -90,6 +91,7 @@ async def worker_serve(
     if isinstance(framework, SluiceApp):
         gateway: Gateway = framework.extensions["sluice.gateway"]
         show_logs()
+        use_log_format(gateway.settings.logging.format)  # [logging] format = "json"
         tune_gc()
         shutdown_trigger = partial(drain_on_shutdown, gateway, shutdown_trigger)
     await hypercorn_worker_serve(app, config, sockets=sockets, shutdown_trigger=shutdown_trigger)

@@ -28,17 +28,19 @@ SSE_HEADERS: Headers = [
 class LateStatusResponse:
     """The ASGI response of one stream: start once, then body messages, then the end."""
 
-    __slots__ = ("_headers", "_send", "complete", "last_write", "started")
+    __slots__ = ("_headers", "_send", "complete", "last_write", "started", "status")
 
     def __init__(self, send: ASGISend, headers: Headers) -> None:
         self._send = send
         self._headers = headers
         self.started = False
+        self.status: int | None = None  # the status sent, once sent (for the access log)
         self.complete = False  # the last body message is being or has been sent
         self.last_write = trio.current_time()  # when a body message last went out
 
     async def start(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         self.started = True
+        self.status = status
         await self._send({"type": "http.response.start", "status": status,
                           "headers": [*headers, *self._headers]})
 

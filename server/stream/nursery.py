@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import trio
 
+from server.access_log import AccessLog, StreamRecord
 from server.api.chat_completions import ChatRequest
 from server.errors import ShuttingDown, SluiceError, TooManyRequests
 from server.limits.admission import Slots
@@ -53,6 +54,8 @@ class StreamPlan:
     buffer: int  # channel size between the upstream reader and the writer
     write_body: BodyWriter  # the response's format: SSE chunks, one completion, ...
     keepalive_interval: float | None  # silence before a heartbeat; None: the format has none
+    access_log: AccessLog | None = None  # one line per stream, written at its end
+    key_name: str | None = None  # the client key's configured name, once keys exist
 
 
 async def serve_stream(
@@ -108,7 +111,7 @@ async def serve_stream(
             outcome = "client_disconnect"  # cancelled from outside, but the client had left
         if outcome == "client_disconnect":
             metrics.client_disconnects.inc()
-        _record(plan, progress, outcome, error, metrics)
+        _record(plan, progress, outcome, error, metrics, response)
         plan.lifecycle.stream_ended(upstream)
 
 
@@ -171,9 +174,22 @@ async def watch_stream(
 
 
 def _record(plan: StreamPlan, progress: StreamProgress, outcome: Outcome,
-            error: SluiceError | None, metrics: Metrics) -> None:
+            error: SluiceError | None, metrics: Metrics, response: LateStatusResponse) -> None:
     backend = progress.served_by or "none"  # the metrics' label
     now = trio.current_time()
+    first_content = progress.first_content_at
+    record = StreamRecord(
+        request_id=plan.request_id, key=plan.key_name, model=plan.request.model,
+        backend=progress.served_by, attempts=progress.attempts, outcome=outcome,
+        error_id=error.error_id if error else None,
+        error=(error.code or error.type) if error else None,
+        status=response.status, stream=plan.request.stream,
+        ttfb=None if first_content is None else first_content - plan.received_at,
+        duration=now - plan.received_at, chunks=progress.chunks,
+        prompt_tokens=progress.prompt_tokens, completion_tokens=progress.completion_tokens)
+    metrics.record_genai(record, plan.pump.routes)
+    if plan.access_log is not None:
+        plan.access_log.write(record)
     metrics.stream_outcomes.labels(outcome).inc()
     metrics.stream_duration.labels(backend).observe(now - plan.received_at)
     metrics.chunks_per_stream.observe(progress.chunks)

@@ -257,6 +257,8 @@ _seconds = st.floats(0, 1e6, allow_nan=False, allow_infinity=False)
         crlf=st.booleans(),
         split_writes=st.booleans(),
         timestamps=st.booleans(),
+        buffered=st.booleans(),
+        burst=st.none() | st.integers(1, 10_000),
     )
 )
 def test_scenario_format_round_trips(scenario: Scenario) -> None:
@@ -601,6 +603,35 @@ def test_pace_is_planned_against_the_request_time() -> None:
     )
     assert first_sleep_at == 2
     assert plan(Scenario(tokens=3)).controls == []
+
+
+def steps_between_sleeps(scenario: Scenario) -> list[list[str]]:
+    """The plan as groups: what goes out together between two waits (F: a flush)."""
+    groups: list[list[str]] = [[]]
+    for step in plan_chat(scenario, ChatRequest(stream=True), facts()):
+        if isinstance(step, SleepUntil):
+            groups.append([f"sleep {step.offset:g}"])
+        elif step is Control.FLUSH:
+            groups[-1].append("F")
+        elif isinstance(step, bytes):
+            groups[-1].append("head" if step.startswith(b"HTTP/1.1") else
+                              "t" if b'"content":"t' in step else "-")
+    return groups
+
+
+def test_burst_sends_content_in_groups_when_their_last_token_is_due() -> None:
+    groups = steps_between_sleeps(Scenario(tokens=5, tps=10, burst=2))
+    assert groups == [["head", "-"],                    # headers, role
+                      ["sleep 0.1", "t", "t"],          # tokens 0-1 when token 1 is due
+                      ["sleep 0.3", "t", "t"],          # 2-3 at token 3's time
+                      ["sleep 0.4", "t", "-", "-", "-"]]  # the last; finish, [DONE], end
+    assert plan(Scenario(tokens=5, tps=10, burst=2)).body == plan(Scenario(tokens=5)).body
+
+
+def test_buffered_sends_headers_then_everything_when_the_last_token_is_due() -> None:
+    groups = steps_between_sleeps(Scenario(tokens=3, tps=10, first_delay=0.5, buffered=True))
+    assert groups == [["head", "F"], ["sleep 0.7", "-", "t", "t", "t", "-", "-", "-"]]
+    assert plan(Scenario(tokens=3, buffered=True)).body == plan(Scenario(tokens=3)).body
 
 
 def test_cut_after_leaves_the_body_unfinished() -> None:

@@ -20,7 +20,8 @@ read from `wall_clock` just before their bytes are handed to the socket.
 What a non-streamed request honours: ``status``, ``reset_before_headers``,
 ``no_response``, ``first_delay``/``tps`` (the body is sent when the last token
 would have been), ``cut_after``/``stall_after`` (no response at all) and
-``error_event_after`` (a 500). The other SSE quirks only apply to streams.
+``error_event_after`` (a 500). The other SSE quirks only apply to streams, and
+``buffered`` and ``burst`` only to OpenAI-style (SSE) streams.
 """
 
 from __future__ import annotations
@@ -167,8 +168,12 @@ def _stream(s: Scenario, chat: ChatRequest, facts: ResponseFacts) -> Iterator[St
     clock = facts.wall_clock
     emit = _split_emit if s.split_writes else emit_whole
     n = chat.completion_tokens(s.tokens)
+    start = min(chat.prefill_tokens, n)
     head = response_head(200, SSE_HEADERS, keep_alive=facts.keep_alive)
     yield head
+    if s.buffered:
+        yield Control.FLUSH  # the headers at once, as a buffering proxy sends them
+        yield SleepUntil(token_offset(s, max(n - start - 1, 0)))
     if s.keepalive_comments:
         yield from emit(c.comment_event(t))
     yield from emit(c.role_event(t))
@@ -176,10 +181,10 @@ def _stream(s: Scenario, chat: ChatRequest, facts: ResponseFacts) -> Iterator[St
                      error=partial(c.error_event, t))
     if (yield from faults(0)):
         return
-    start = min(chat.prefill_tokens, n)
     for index in range(start, n):
-        if s.first_delay or s.tps:
-            yield SleepUntil(token_offset(s, index - start))
+        due = _due(s, index - start, n - start)
+        if due is not None:
+            yield SleepUntil(due)
         if s.keepalive_comments:
             yield from emit(c.comment_event(t, _ping(clock())))
         if s.timestamps:
@@ -197,6 +202,21 @@ def _stream(s: Scenario, chat: ChatRequest, facts: ResponseFacts) -> Iterator[St
     if not s.no_done:
         yield from emit(c.done_event(t))
     yield LAST_CHUNK
+
+
+def _due(s: Scenario, sent: int, total: int) -> float | None:
+    """When content chunk number ``sent`` may go out; None: together with the one before.
+
+    Consecutive chunks with no wait between them leave in one write (`playback`
+    coalesces them): that is how ``burst`` and ``buffered`` arrive in clumps.
+    """
+    if s.buffered:
+        return None  # the whole reply waited for its last token before the role chunk
+    if s.burst is not None:
+        if sent % s.burst:
+            return None
+        return token_offset(s, min(sent + s.burst, total) - 1)
+    return token_offset(s, sent) if s.first_delay or s.tps else None
 
 
 def fault_steps(

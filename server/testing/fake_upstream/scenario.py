@@ -74,6 +74,11 @@ class Scenario:
     """Answer 400 to a request that asks to continue a final assistant message."""
     empty_ok: bool = False
     """Answer 200 with an empty body (how llama.cpp's server reports some failures)."""
+    buffered: bool = False
+    """Send the headers at once, then hold every event until the last token is due and
+    send them all in one write: what a buffering proxy in front of a real server does."""
+    burst: int | None = None
+    """Send content chunks N at a time, each group in one write when its last token is due."""
 
     def __post_init__(self) -> None:
         problems = _validate(self)
@@ -135,6 +140,8 @@ def _validate(s: Scenario) -> list[str]:
         problems.append("status must be an HTTP error status (400-599)")
     if s.retry_after is not None and not (math.isfinite(s.retry_after) and s.retry_after >= 0):
         problems.append("retry_after must be a finite number >= 0")
+    if s.burst is not None and s.burst < 1:
+        problems.append("burst must be >= 1")
     for name in ("cut_after", "stall_after", "malformed_after", "error_event_after"):
         value = getattr(s, name)
         if value is not None and value < 0:
