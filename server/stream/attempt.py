@@ -82,7 +82,6 @@ FLUSH_SEND = Action("FLUSH_SEND", sends=True, flushes=True)
 FLUSH_SEND_REARMED = Action("FLUSH_SEND_REARMED", sends=True, flushes=True, rearms=True)
 COMPLETE = Action("COMPLETE", flushes=True)  # [DONE]: send the clean end, then drain
 END = Action("END")  # the attempt failed: `attempt.error` says how
-_SENDS = ((SEND, SEND_REARMED), (FLUSH_SEND, FLUSH_SEND_REARMED))  # [flushes][rearms]
 
 
 class Attempt:
@@ -126,19 +125,21 @@ class Attempt:
             return self._fail(UpstreamUnavailable(
                 "The upstream model server reported an error mid-stream.",
                 detail=f"upstream error event: {facts.error!r:.500}"))
-        flushes = rearms = False
         usage: Any = None
         if facts.content:
-            if not self._content:
-                self._content = rearms = True
+            if self._content:  # the hot path: one more content chunk
+                action = SEND
+                if now + self._idle - self.deadline > self._slack:
+                    self.deadline = now + self._idle
+                    action = SEND_REARMED
+            else:
+                self._content = True
                 self.deadline = now + self._idle
+                action = SEND_REARMED
                 if progress.first_content_at is None:  # the commit point
                     progress.first_content_at = now
                     progress.served_by = self.backend
-                    flushes = True
-            elif now + self._idle - self.deadline > self._slack:
-                self.deadline = now + self._idle
-                rearms = True
+                    action = FLUSH_SEND_REARMED
             if self._keep_text:
                 note_content(chunk, progress)
             if self._continuing:
@@ -151,16 +152,18 @@ class Attempt:
                 if not progress.committed:
                     self._held.append(payload)
                     return HOLD
+            action = SEND
         if facts.finished:
-            progress.finished = flushes = True
-        if isinstance(usage, dict):
+            progress.finished = True
+            action = FLUSH_SEND_REARMED if action.rearms else FLUSH_SEND
+        if usage is not None and isinstance(usage, dict):
             if self._continuing:
                 usage = whole_answer_usage(usage, progress.prefill_chunks)
                 payload = orjson.dumps({**chunk, "usage": usage})
             progress.note_usage(usage)
         progress.chunks += 1
         self.outgoing = payload
-        return _SENDS[flushes][rearms]
+        return action
 
     def take_held(self) -> list[bytes]:
         """The held preamble, to send before the payload of a flushing action; now empty."""
