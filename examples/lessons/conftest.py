@@ -13,11 +13,12 @@ passes, or fails any other way, fails the run; so does a fixed version that
 fails.
 
 The broken gateways leak sockets on purpose (that is what several lessons
-are about), so unclosed-resource warnings are not errors here.
+are about), so ``ResourceWarning`` is not an error here.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Generator
 
 import pytest
@@ -29,8 +30,9 @@ _REASONS = pytest.StashKey[dict[str, str]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # For each test, and for the whole session (a leaked socket may be collected at its end).
     config.addinivalue_line("filterwarnings", "ignore::ResourceWarning")
-    config.addinivalue_line("filterwarnings", "ignore::pytest.PytestUnraisableExceptionWarning")
+    warnings.filterwarnings("ignore", category=ResourceWarning)
     config.stash[_VERDICTS] = {}
     config.stash[_REASONS] = {}
 
@@ -57,9 +59,9 @@ def pytest_runtest_makereport(
     else:
         verdict = "FAILS FOR ANOTHER REASON"
     if error is not None:
-        item.config.stash[_REASONS][f"{_row(gateway, callspec.id)} ({gateway.version})"] = (
+        item.config.stash[_REASONS][f"{_row(item, gateway, callspec.id)} ({gateway.version})"] = (
             str(error) if isinstance(error, Symptom) else f"{type(error).__name__}: {error}")
-    item.config.stash[_VERDICTS].setdefault(_row(gateway, callspec.id), {})[
+    item.config.stash[_VERDICTS].setdefault(_row(item, gateway, callspec.id), {})[
         gateway.version] = verdict
     return report
 
@@ -80,10 +82,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         write(f"  {row}: {reason}")
 
 
-def _row(gateway: Gateway, callspec_id: str) -> str:
-    """The table's row: the lesson, and the case when its test has more than one."""
+def _row(item: pytest.Item, gateway: Gateway, callspec_id: str) -> str:
+    """The table's row: the lesson, what its test checks, and the case if it has several."""
+    check = getattr(item, "originalname", item.name).removeprefix("test_")
+    check = check.split("_", 1)[-1].replace("_", " ")  # test_07_the_linter... -> the linter...
     case = "-".join(part for part in callspec_id.split("-") if part != gateway.version)
-    return f"{gateway.lesson} {case}" if case else gateway.lesson
+    return f"{gateway.lesson}  {check}" + (f" ({case})" if case else "")
 
 
 def _single(error: BaseException) -> BaseException:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -71,14 +72,19 @@ class Gateway:
         return LESSONS / self.lesson / f"{self.version}.py"
 
 
-def load(lesson: str, version: str) -> Gateway:
-    """Import ``examples/lessons/<lesson>/<version>.py`` under a name of its own."""
-    path = LESSONS / lesson / f"{version}.py"
-    spec = importlib.util.spec_from_file_location(f"lesson_{lesson}_{version}", path)
+def load_module(lesson: str, name: str) -> ModuleType:
+    """Import ``examples/lessons/<lesson>/<name>.py`` under a name of its own."""
+    path = LESSONS / lesson / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"lesson_{lesson}_{name}", path)
     assert spec is not None and spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return Gateway(lesson, version, module)
+    return module
+
+
+def load(lesson: str, version: str) -> Gateway:
+    """One version of a lesson's gateway."""
+    return Gateway(lesson, version, load_module(lesson, version))
 
 
 def lesson(name: str) -> Callable[[Test], Test]:
@@ -120,7 +126,8 @@ async def stage(gateway: Gateway, scenario: Scenario, **config: Any) -> AsyncIte
         errors = logging.getLogger(f"lessons.{gateway.lesson}.{gateway.version}")
         async with (
             running_gateway(app, tune_listener=tune, errorlog=errors) as url,
-            httpx.AsyncClient(timeout=httpx.Timeout(PROMPTLY, read=None)) as client,
+            httpx.AsyncClient(timeout=httpx.Timeout(PROMPTLY, read=None),
+                              limits=httpx.Limits(max_connections=None)) as client,
         ):
             yield Staged(url, upstream, app, client)
         nursery.cancel_scope.cancel("the test is over")
@@ -148,13 +155,20 @@ class Reply:
     """An in-band ``{"error": ...}`` event arrived."""
     cut: str | None = None
     """The body ended without its HTTP framing: the connection was cut."""
+    lines: AsyncIterator[str] | None = field(default=None, repr=False)
+    """The response's line iterator: while it is referenced, the connection stays open."""
 
 
 async def read_reply(response: httpx.Response, tokens: int | None = None) -> Reply:
-    """Read an SSE answer to its end (or to `tokens` tokens) as a client would."""
-    reply = Reply(status=response.status_code)
+    """Read an SSE answer to its end (or to `tokens` tokens) as a client would.
+
+    A reader that stops early stays connected as long as it holds the reply
+    (httpx closes a response whose line iterator is dropped half-read).
+    """
+    reply = Reply(status=response.status_code, lines=response.aiter_lines())
+    assert reply.lines is not None
     try:
-        async for line in response.aiter_lines():
+        async for line in reply.lines:
             if line == "data: [DONE]":
                 reply.done = True
             elif line.startswith("data: "):
@@ -170,6 +184,19 @@ async def read_reply(response: httpx.Response, tokens: int | None = None) -> Rep
     except httpx.RemoteProtocolError as exc:
         reply.cut = str(exc)
     return reply
+
+
+async def flake8(path: Path, select: str) -> list[str]:
+    """flake8-async's findings of the `select` codes in `path`, without the repo's exemptions.
+
+    ``--isolated`` ignores ``.flake8``, where the broken gateways that show a
+    lint rule are exempted from the repo's lint run.
+    """
+    result = await trio.run_process(
+        [sys.executable, "-m", "flake8", "--isolated", f"--select={select}",
+         "--transform-async-generator-decorators=as_safe_channel", str(path)],
+        capture_stdout=True, check=False)
+    return [line.removeprefix(str(LESSONS) + "/") for line in result.stdout.decode().splitlines()]
 
 
 async def seconds_until_closed(upstream: FakeUpstream, bound: float = PROMPTLY) -> float:

@@ -7,9 +7,30 @@
 
 from __future__ import annotations
 
-from harness import Gateway, lesson, read_reply, stage, symptom
+import openai
+import pytest
+import trio
+from harness import (
+    CLOSE_BOUND,
+    PROMPTLY,
+    Gateway,
+    flake8,
+    lesson,
+    load_module,
+    read_reply,
+    seconds_until_closed,
+    stage,
+    symptom,
+)
 
 from server.testing.fake_upstream import Scenario
+
+LEDGER_BOUND = 1.0
+"""Seconds a usage record may take (its round trip is 1 ms)."""
+CROWD = 100
+"""Clients that arrive at once at a gateway with a limit of 10 streams."""
+THINKING = 3.0
+"""Seconds a reasoning model thinks before its first token."""
 
 
 @lesson("01_closed_before_read")
@@ -19,3 +40,122 @@ async def test_01_the_answer_reaches_the_client(gateway: Gateway) -> None:
     symptom(len(reply.tokens) == 5 and reply.done,
             f"the client got status {reply.status} and {len(reply.tokens)} of 5 tokens"
             + (f" (the body was cut: {reply.cut})" if reply.cut else ""))
+
+
+@lesson("02_client_left_model_kept_generating")
+async def test_02_a_client_leaving_closes_the_upstream(gateway: Gateway) -> None:
+    async with stage(gateway, Scenario(tokens=5, first_delay=THINKING)) as gw:
+        async with gw.stream() as response:
+            await gw.upstream.wait_for_request(1)
+            assert response.status_code == 200
+        # Leaving the block closed the response mid-thought: the client is gone.
+        took = await seconds_until_closed(gw.upstream, CLOSE_BOUND)
+    symptom(took <= CLOSE_BOUND, f"the upstream saw no close within {CLOSE_BOUND * 1000:.0f} ms "
+            f"of the client leaving (the model was thinking for {THINKING:g} s)")
+
+
+@lesson("03_finally_aclose_everywhere")
+@pytest.mark.parametrize("leaves", [True, False], ids=["client leaves", "upstream error"])
+async def test_03_every_path_cleans_up(gateway: Gateway, leaves: bool) -> None:
+    scenario = Scenario(tokens=50, tps=20) if leaves else Scenario(status=503)
+    async with stage(gateway, scenario) as gw:
+        async with gw.stream() as response:
+            await read_reply(response, tokens=3 if leaves else None)
+        closed_in = await seconds_until_closed(gw.upstream, CLOSE_BOUND)
+        ledger = gw.app.extensions["ledger"].entries
+        with trio.move_on_after(LEDGER_BOUND):
+            while not ledger:  # noqa: ASYNC110 (a list has no event to wait on)
+                await trio.sleep(0.005)
+    if leaves:
+        symptom(bool(ledger), "the ledger has no entry for the answer the client left: "
+                "the usage record in `finally` was skipped")
+        assert ledger[0] >= 3
+        assert closed_in <= CLOSE_BOUND
+        return
+    symptom(closed_in <= CLOSE_BOUND, f"the upstream saw no close within "
+            f"{CLOSE_BOUND * 1000:.0f} ms of answering 503")
+
+
+@lesson("04_slots_released_early")
+async def test_04_the_limit_holds_for_whole_streams(gateway: Gateway) -> None:
+    limit = gateway.module.MAX_STREAMS
+    async with stage(gateway, Scenario(tokens=100, tps=1)) as gw:  # 100 s each
+        started = trio.current_time()
+        answers: list[str] = []
+        everyone_answered = trio.Event()
+
+        async def client() -> None:
+            async with gw.stream() as response:
+                if response.status_code != 200:
+                    answers.append(str(response.status_code))
+                else:
+                    reply = await read_reply(response, tokens=1)
+                    answers.append("streaming" if reply.tokens else "busy")
+                if len(answers) == CROWD:
+                    everyone_answered.set()
+                await everyone_answered.wait()  # stay connected: hold what we were given
+
+        with trio.fail_after(PROMPTLY * 4):
+            async with trio.open_nursery() as nursery:
+                for _ in range(CROWD):
+                    nursery.start_soon(client)
+        reached = len(gw.upstream.requests)
+        print(f"{CROWD} answered in {trio.current_time() - started:.1f} s: {reached} reached", {a: answers.count(a) for a in set(answers)}, gw.upstream.open_connections)
+        symptom(reached <= limit, f"{reached} of {CROWD} streams reached the upstream at once "
+                f"through a limit of {limit}")
+        assert answers.count("streaming") == limit
+        # Everyone has left: every slot must be free again.
+        async with gw.stream() as response:
+            assert (await read_reply(response, tokens=1)).tokens
+
+
+@lesson("07_yield_inside_nursery")
+async def test_07_an_upstream_failure_surfaces_as_itself(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with stage(gateway, Scenario(tokens=10, tps=20, cut_after=3)) as gw:
+        async with gw.stream() as response:
+            reply = await read_reply(response)
+    assert reply.cut is not None  # the gateway passed the upstream's cut on
+    symptom("Cancel scope stack corrupted" not in caplog.text,
+            "the upstream's cut surfaced as trio.Cancelled in the moderation step's await, "
+            "and trio logged 'Cancel scope stack corrupted'")
+    assert "RemoteProtocolError" in caplog.text
+
+
+@lesson("07_yield_inside_nursery")
+async def test_07_the_linter_sees_it(gateway: Gateway) -> None:
+    findings = await flake8(gateway.path, "ASYNC101,ASYNC119")
+    symptom(not findings, "flake8-async flags it: " + "; ".join(findings))
+
+
+@lesson("05_streaming_that_buffers")
+async def test_05_tokens_arrive_one_by_one(gateway: Gateway) -> None:
+    async with stage(gateway, Scenario(tokens=15, tps=10)) as gw, gw.stream() as response:
+        reply = await read_reply(response)
+    assert len(reply.tokens) == 15
+    table = load_module("05_streaming_that_buffers", "gaps").gaps(reply.arrivals)
+    symptom(table.zero_share <= 0.5, f"the tokens arrived in bursts: {table.zero_share:.0%} of "
+            f"the gaps between them were zero, the largest burst was {table.largest_burst} "
+            "tokens")
+
+
+@lesson("06_cut_stream_looks_complete")
+async def test_06_a_cut_answer_is_an_error(gateway: Gateway) -> None:
+    tokens: list[str] = []
+    error: openai.APIError | None = None
+    async with (
+        stage(gateway, Scenario(tokens=10, tps=50, cut_after=3)) as gw,
+        openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0) as sdk,
+    ):
+        stream = await sdk.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+        try:
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    tokens.append(chunk.choices[0].delta.content)
+        except openai.APIError as exc:
+            error = exc
+    assert len(tokens) == 3
+    symptom(error is not None, f"the openai SDK reported success with {len(tokens)} of 10 "
+            "tokens: the gateway ended the cut answer with [DONE]")
