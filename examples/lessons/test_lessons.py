@@ -29,6 +29,10 @@ LEDGER_BOUND = 1.0
 """Seconds a usage record may take (its round trip is 1 ms)."""
 CROWD = 100
 """Clients that arrive at once at a gateway with a limit of 10 streams."""
+MINUTE_IN_A_SECOND = {"RESPONSE_TIMEOUT": 1.0, "ANSWER_TIMEOUT": 1.0, "IDLE_TIMEOUT": 0.5}
+"""Quart's 60 s, lesson 8's totals and its idle timeout, all compressed 60 times."""
+SLOW_FIRST_TOKEN = 6.0
+"""Seconds a model thinks in lesson 9: more than httpx's default 5 s."""
 THINKING = 3.0
 """Seconds a reasoning model thinks before its first token."""
 
@@ -159,3 +163,37 @@ async def test_06_a_cut_answer_is_an_error(gateway: Gateway) -> None:
     assert len(tokens) == 3
     symptom(error is not None, f"the openai SDK reported success with {len(tokens)} of 10 "
             "tokens: the gateway ended the cut answer with [DONE]")
+
+
+@lesson("08_timeout_cuts_long_answers")
+async def test_08_a_long_answer_runs_to_its_end(gateway: Gateway) -> None:
+    async with (
+        stage(gateway, Scenario(tokens=30, tps=20), **MINUTE_IN_A_SECOND) as gw,
+        gw.stream() as response,
+    ):
+        started = trio.current_time()
+        reply = await read_reply(response)
+    took = trio.current_time() - started
+    symptom(len(reply.tokens) == 30 and reply.done, f"the answer of a healthy model stopped "
+            f"after {took:.1f} s, at {len(reply.tokens)} of 30 tokens, with no error")
+
+
+@lesson("08_timeout_cuts_long_answers")
+async def test_08_a_stalled_answer_ends_with_an_error(gateway: Gateway) -> None:
+    async with (
+        stage(gateway, Scenario(tokens=30, tps=20, stall_after=3), **MINUTE_IN_A_SECOND) as gw,
+        gw.stream() as response,
+    ):
+        reply = await read_reply(response)
+    assert reply.tokens == ["t0 ", "t1 ", "t2 "] and not reply.done
+    symptom(reply.error is not None, "the stalled answer just ended: no error event")
+
+
+@lesson("09_httpx_default_timeout")
+async def test_09_a_slow_first_token_is_waited_for(gateway: Gateway) -> None:
+    async with stage(gateway, Scenario(tokens=3, first_delay=SLOW_FIRST_TOKEN)) as gw:
+        async with gw.stream() as response:
+            reply = await read_reply(response)
+    symptom(len(reply.tokens) == 3 and reply.done,
+            f"a model that thought for {SLOW_FIRST_TOKEN:g} s got {len(reply.tokens)} of 3 "
+            f"tokens out; the client's body was cut ({reply.cut})")

@@ -31,15 +31,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import logging
 import socket
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+import httpx
 import trio
 from hypercorn.config import Config, Sockets
 from hypercorn.trio import serve
+from quart import Response
 from quart.wrappers.response import ResponseBody
 from quart_trio import QuartTrio
 
@@ -55,8 +59,8 @@ CHAT = ("curl -N {url}/v1/chat/completions -H 'content-type: application/json' -
 
 CreateApp = Callable[[str], QuartTrio]
 """A lesson's gateway: ``create_app(upstream_base_url)``."""
-TuneListener = Callable[[socket.socket], None]
-"""Optional in a gateway module (``tune_listener``): socket options for its listening sockets."""
+TuneListener = Callable[[QuartTrio, socket.socket], None]
+"""Optional in a gateway module: ``tune_listener(app, sock)`` sets its listening sockets' options."""
 
 
 class Body(ResponseBody):
@@ -75,10 +79,35 @@ class Body(ResponseBody):
         await self._stream.__aexit__(exc_type, exc, tb)
 
 
+def app_and_client(upstream: str, **client_options: Any) -> tuple[QuartTrio, httpx.AsyncClient]:
+    """A quart-trio app, and its ``httpx.AsyncClient(base_url=upstream, **client_options)``."""
+    app = QuartTrio("lesson")
+    client = httpx.AsyncClient(base_url=upstream, **client_options)
+
+    @app.after_serving
+    async def close_client() -> None:
+        await client.aclose()
+
+    return app, client
+
+
+def sse(stream: AbstractAsyncContextManager[AsyncIterable[bytes]]) -> Response:
+    """A ``text/event-stream`` response whose body is `stream` (see `Body`)."""
+    return Response(Body(stream), headers=SSE)
+
+
+@trio.as_safe_channel
+async def relay(client: httpx.AsyncClient, body: Any) -> AsyncIterator[bytes]:
+    """The upstream's answer to `body`, line by line, in a scope of its own (lesson 1)."""
+    async with client.stream("POST", "/chat/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            yield f"{line}\n".encode()
+
+
 class _Config(Config):
     """hypercorn's Config, with a hook for the listening sockets' options."""
 
-    tune_listener: TuneListener | None = None
+    tune_listener: Callable[[socket.socket], None] | None = None
 
     def create_sockets(self) -> Sockets:
         sockets = super().create_sockets()
@@ -91,12 +120,13 @@ class _Config(Config):
 @asynccontextmanager
 async def running_gateway(
     app: QuartTrio, bind: str = "127.0.0.1:0", tune_listener: TuneListener | None = None,
-    errorlog: str | None = "-",
+    errorlog: logging.Logger | str | None = "-",
 ) -> AsyncIterator[str]:
     """Serve `app` under hypercorn's trio worker; yield its URL; stop gracefully on exit."""
     config = _Config()
     config.bind = [bind]
-    config.tune_listener = tune_listener
+    if tune_listener is not None:
+        config.tune_listener = functools.partial(tune_listener, app)
     config.errorlog = errorlog
     config.graceful_timeout = 1.0  # a broken gateway may hold streams that never end
     shutdown = trio.Event()

@@ -2,11 +2,11 @@
 
 Lesson 1's error invites a fix that seems obvious: read the upstream in a
 background task, which outlives the view, and hand the chunks to the body
-over a channel. It streams. But the task outlives the client too: when the
-client leaves, quart-trio cancels the request — the body stops reading the
-channel — and the background task, which is no part of the request, goes on
-holding the upstream connection: through the model's thinking, then blocked
-on a full channel that nobody will ever read again.
+over a channel. It streams. But the task outlives the client too. When the
+client leaves, quart-trio cancels the request and the body stops reading —
+and the background task, which is no part of the request, goes on holding
+the upstream connection: through the model's thinking, then blocked on a
+channel that nobody will ever read again.
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import trio
 from quart import request
 from quart_trio import QuartTrio
 
-from server.testing.lessons import SSE, serve_lesson
+from server.testing.lessons import SSE, app_and_client, serve_lesson
 
 
 def create_app(upstream: str) -> QuartTrio:
-    app = QuartTrio(__name__)
-    client = httpx.AsyncClient(base_url=upstream)
+    app, client = app_and_client(upstream)
 
     async def pump(body: Any, chunks: trio.MemorySendChannel[bytes]) -> None:
         async with chunks, client.stream("POST", "/chat/completions", json=body) as response:
@@ -41,10 +39,6 @@ def create_app(upstream: str) -> QuartTrio:
                 yield chunk
 
         return relay(), SSE
-
-    @app.after_serving
-    async def close_client() -> None:
-        await client.aclose()
 
     return app
 

@@ -1,11 +1,11 @@
 """Lesson 2, fixed: the pump is a child of the stream's nursery, and dies with the request.
 
-The same pump and channel as the broken version, but the nursery that runs
-the pump belongs to the stream: the body Quart sends (`Body`) is a context
-manager that opens it. quart-trio runs the request beside a sibling task
-that watches for ``http.disconnect``; when the client leaves, that watcher
-cancels the request's scope, and with it this nursery, the pump, and the
-upstream connection — within milliseconds, thinking model or not.
+The same pump and channel, but the nursery that runs the pump belongs to the
+stream: it is opened by the body Quart sends. quart-trio runs each request
+beside a sibling task that waits for hypercorn's ``http.disconnect``; when
+the client leaves, that watcher cancels the request's scope, and with it
+this nursery, the pump and the upstream connection — within milliseconds,
+thinking model or not.
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from server.testing.lessons import SSE, Body, serve_lesson
+from server.testing.lessons import app_and_client, serve_lesson, sse
 
 
 def create_app(upstream: str) -> QuartTrio:
-    app = QuartTrio(__name__)
-    client = httpx.AsyncClient(base_url=upstream)
+    app, client = app_and_client(upstream)
 
     async def pump(body: Any, chunks: trio.MemorySendChannel[bytes]) -> None:
         async with chunks, client.stream("POST", "/chat/completions", json=body) as response:
@@ -41,11 +39,7 @@ def create_app(upstream: str) -> QuartTrio:
 
     @app.post("/v1/chat/completions")
     async def chat() -> Response:
-        return Response(Body(stream(await request.get_json())), headers=SSE)
-
-    @app.after_serving
-    async def close_client() -> None:
-        await client.aclose()
+        return sse(stream(await request.get_json()))
 
     return app
 

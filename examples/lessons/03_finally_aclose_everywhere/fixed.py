@@ -2,21 +2,20 @@
 
 ``async with client.stream(...)`` closes the upstream response however the
 block is left: the end of the answer, an upstream error, an exception of our
-own, or the cancellation that comes when the client leaves (httpx shields its
-own close). Bookkeeping that has to await runs after it, bounded and
-shielded, so a cancellation can neither skip it nor hang it.
+own, or the cancellation that comes when the client leaves (httpx shields
+its own close). The usage record, which has to await, runs after it,
+bounded and shielded: a cancellation can neither skip it nor hang it.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from server.testing.lessons import SSE, Body, serve_lesson
+from server.testing.lessons import app_and_client, serve_lesson, sse
 
 
 class Ledger:
@@ -31,8 +30,7 @@ class Ledger:
 
 
 def create_app(upstream: str) -> QuartTrio:
-    app = QuartTrio(__name__)
-    client = httpx.AsyncClient(base_url=upstream)
+    app, client = app_and_client(upstream)
     ledger = app.extensions["ledger"] = Ledger()
 
     @app.post("/v1/chat/completions")
@@ -52,15 +50,10 @@ def create_app(upstream: str) -> QuartTrio:
                 with trio.move_on_after(1.0, shield=True):  # bounded, and deaf to the cancel
                     await ledger.record(chunks)
 
-        return Response(Body(relay()), headers=SSE)
-
-    @app.after_serving
-    async def close_client() -> None:
-        await client.aclose()
+        return sse(relay())
 
     return app
 
 
 if __name__ == "__main__":
-    serve_lesson(__file__, create_app, "tokens=50,tps=5",
-                 tries=("# and an upstream error: python ... --scenario status=503",))
+    serve_lesson(__file__, create_app, "tokens=50,tps=5")

@@ -2,10 +2,10 @@
 
 The stream takes its slot when it starts and gives it back when its scope
 ends — completed, failed, or cancelled because the client left. The view
-still answers 429 at once when every slot is visibly taken; a request that
-passes that check in a burst and then finds none free gets the same error
-in-band (its 200 is already sent: Quart sends the status before the body
-runs — see lesson 10).
+still answers 429 at once when every slot is visibly taken. A request that
+passed that check in a burst and then finds no slot free gets the same
+error in-band: its 200 is already on the wire, because Quart sends the
+status before the body runs (lesson 10 shows how to wait with it).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from server.testing.lessons import SSE, Body, serve_lesson
+from server.testing.lessons import app_and_client, relay, serve_lesson, sse
 
 MAX_STREAMS = 10
 BUSY = {"error": {"message": "The gateway is at capacity; retry shortly.",
@@ -26,9 +26,8 @@ BUSY = {"error": {"message": "The gateway is at capacity; retry shortly.",
 
 
 def create_app(upstream: str) -> QuartTrio:
-    app = QuartTrio(__name__)
     # No pool limit: the gateway's limit is MAX_STREAMS (httpx's 100 would be a hidden second one).
-    client = httpx.AsyncClient(base_url=upstream, limits=httpx.Limits(max_connections=None))
+    app, client = app_and_client(upstream, limits=httpx.Limits(max_connections=None))
     slots = trio.Semaphore(MAX_STREAMS)
 
     @app.post("/v1/chat/completions")
@@ -38,24 +37,20 @@ def create_app(upstream: str) -> QuartTrio:
         body = await request.get_json()
 
         @trio.as_safe_channel
-        async def relay() -> AsyncIterator[bytes]:
+        async def held() -> AsyncIterator[bytes]:
             try:
                 slots.acquire_nowait()  # the stream takes the slot...
             except trio.WouldBlock:
                 yield b"data: " + orjson.dumps(BUSY) + b"\n\n"
                 return
             try:
-                async with client.stream("POST", "/chat/completions", json=body) as response:
-                    async for line in response.aiter_lines():
-                        yield f"{line}\n".encode()
+                async with relay(client, body) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
             finally:
                 slots.release()  # ...and gives it back when it ends, however it ends
 
-        return Response(Body(relay()), headers=SSE)
-
-    @app.after_serving
-    async def close_client() -> None:
-        await client.aclose()
+        return sse(held())
 
     return app
 

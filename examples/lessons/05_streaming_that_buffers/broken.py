@@ -10,34 +10,27 @@ The client's spinner spins, then the text appears all at once.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
-import httpx
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from server.testing.lessons import SSE, Body, serve_lesson
+from server.testing.lessons import app_and_client, serve_lesson, sse
 
 
 def create_app(upstream: str) -> QuartTrio:
-    app = QuartTrio(__name__)
-    client = httpx.AsyncClient(base_url=upstream)
+    app, client = app_and_client(upstream)
+
+    @trio.as_safe_channel
+    async def relay(body: Any) -> AsyncIterator[bytes]:
+        async with client.stream("POST", "/chat/completions", json=body) as response:
+            async for chunk in response.aiter_bytes(chunk_size=8192):  # waits for 8 KiB
+                yield chunk
 
     @app.post("/v1/chat/completions")
     async def chat() -> Response:
-        body = await request.get_json()
-
-        @trio.as_safe_channel
-        async def relay() -> AsyncIterator[bytes]:
-            async with client.stream("POST", "/chat/completions", json=body) as response:
-                async for chunk in response.aiter_bytes(chunk_size=8192):  # waits for 8 KiB
-                    yield chunk
-
-        return Response(Body(relay()), headers=SSE)
-
-    @app.after_serving
-    async def close_client() -> None:
-        await client.aclose()
+        return sse(relay(await request.get_json()))
 
     return app
 

@@ -9,6 +9,7 @@ event; every client can tell a cut answer from a complete one.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
@@ -16,7 +17,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from server.testing.lessons import SSE, Body, serve_lesson
+from server.testing.lessons import app_and_client, serve_lesson, sse
 
 DONE = b"data: [DONE]\n\n"
 CUT = {"error": {"message": "The upstream broke off mid-answer; the answer is incomplete.",
@@ -24,31 +25,24 @@ CUT = {"error": {"message": "The upstream broke off mid-answer; the answer is in
 
 
 def create_app(upstream: str) -> QuartTrio:
-    app = QuartTrio(__name__)
-    client = httpx.AsyncClient(base_url=upstream)
+    app, client = app_and_client(upstream)
+
+    @trio.as_safe_channel
+    async def relay(body: Any) -> AsyncIterator[bytes]:
+        try:
+            async with client.stream("POST", "/chat/completions", json=body) as response:
+                async for line in response.aiter_lines():
+                    if line != DONE.decode().strip():  # we always send our own, below
+                        yield f"{line}\n".encode()
+        except httpx.HTTPError as exc:
+            app.logger.warning("the upstream failed mid-answer: %r", exc)
+            yield b"data: " + orjson.dumps(CUT) + b"\n\n"
+            return  # no [DONE]: the answer is not complete
+        yield DONE
 
     @app.post("/v1/chat/completions")
     async def chat() -> Response:
-        body = await request.get_json()
-
-        @trio.as_safe_channel
-        async def relay() -> AsyncIterator[bytes]:
-            try:
-                async with client.stream("POST", "/chat/completions", json=body) as response:
-                    async for line in response.aiter_lines():
-                        if line != DONE.decode().strip():  # we always send our own, below
-                            yield f"{line}\n".encode()
-            except httpx.HTTPError as exc:
-                app.logger.warning("the upstream failed mid-answer: %r", exc)
-                yield b"data: " + orjson.dumps(CUT) + b"\n\n"
-                return  # no [DONE]: the answer is not complete
-            yield DONE
-
-        return Response(Body(relay()), headers=SSE)
-
-    @app.after_serving
-    async def close_client() -> None:
-        await client.aclose()
+        return sse(relay(await request.get_json()))
 
     return app
 

@@ -18,12 +18,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import trio
 from quart import request
 from quart_trio import QuartTrio
 
-from server.testing.lessons import SSE, serve_lesson
+from server.testing.lessons import SSE, app_and_client, serve_lesson
 
 
 async def check(chunk: bytes) -> None:
@@ -32,8 +31,7 @@ async def check(chunk: bytes) -> None:
 
 
 def create_app(upstream: str) -> QuartTrio:
-    app = QuartTrio(__name__)
-    client = httpx.AsyncClient(base_url=upstream)
+    app, client = app_and_client(upstream)
 
     async def pump(body: Any, chunks: trio.MemorySendChannel[bytes]) -> None:
         async with chunks, client.stream("POST", "/chat/completions", json=body) as response:
@@ -55,10 +53,6 @@ def create_app(upstream: str) -> QuartTrio:
     @app.post("/v1/chat/completions")
     async def chat() -> tuple[AsyncIterator[bytes], dict[str, str]]:
         return moderated(relay(await request.get_json())), SSE
-
-    @app.after_serving
-    async def close_client() -> None:
-        await client.aclose()
 
     return app
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from server.testing.lessons import SSE, Body, serve_lesson
+from server.testing.lessons import app_and_client, serve_lesson, sse
 
 
 async def check(chunk: bytes) -> None:
@@ -27,8 +26,7 @@ async def check(chunk: bytes) -> None:
 
 
 def create_app(upstream: str) -> QuartTrio:
-    app = QuartTrio(__name__)
-    client = httpx.AsyncClient(base_url=upstream)
+    app, client = app_and_client(upstream)
 
     @trio.as_safe_channel
     async def relay(body: Any) -> AsyncIterator[bytes]:
@@ -45,11 +43,7 @@ def create_app(upstream: str) -> QuartTrio:
 
     @app.post("/v1/chat/completions")
     async def chat() -> Response:
-        return Response(Body(moderated(await request.get_json())), headers=SSE)
-
-    @app.after_serving
-    async def close_client() -> None:
-        await client.aclose()
+        return sse(moderated(await request.get_json()))
 
     return app
 
