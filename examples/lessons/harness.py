@@ -200,7 +200,12 @@ async def flake8(path: Path, select: str) -> list[str]:
 
 
 async def seconds_until_closed(upstream: FakeUpstream, bound: float = PROMPTLY) -> float:
-    """How long until the upstream saw all its connections close (inf if not within `bound`)."""
+    """How long until the upstream saw all its connections close (inf if not within `bound`).
+
+    The gateway must have asked the upstream something first (within `PROMPTLY`).
+    """
+    with trio.fail_after(PROMPTLY):
+        await upstream.wait_for_request(1)
     started = trio.current_time()
     with trio.move_on_after(bound):
         await upstream.wait_all_closed()

@@ -7,13 +7,17 @@
 
 from __future__ import annotations
 
+import socket
+
 import openai
+import orjson
 import pytest
 import trio
 from harness import (
     CLOSE_BOUND,
     PROMPTLY,
     Gateway,
+    chat,
     flake8,
     lesson,
     load_module,
@@ -33,6 +37,11 @@ MINUTE_IN_A_SECOND = {"RESPONSE_TIMEOUT": 1.0, "ANSWER_TIMEOUT": 1.0, "IDLE_TIME
 """Quart's 60 s, lesson 8's totals and its idle timeout, all compressed 60 times."""
 SLOW_FIRST_TOKEN = 6.0
 """Seconds a model thinks in lesson 9: more than httpx's default 5 s."""
+LEAVERS = 3
+"""Clients that leave mid-answer in lesson 11."""
+STALL = 1.0
+SLACK = 3.0
+"""Lesson 12's stall bound, and how long after it the upstream may still be held."""
 THINKING = 3.0
 """Seconds a reasoning model thinks before its first token."""
 
@@ -197,3 +206,56 @@ async def test_09_a_slow_first_token_is_waited_for(gateway: Gateway) -> None:
     symptom(len(reply.tokens) == 3 and reply.done,
             f"a model that thought for {SLOW_FIRST_TOKEN:g} s got {len(reply.tokens)} of 3 "
             f"tokens out; the client's body was cut ({reply.cut})")
+
+
+@lesson("10_status_before_the_upstream_answered")
+async def test_10_an_upstream_refusal_keeps_its_status(gateway: Gateway) -> None:
+    async with stage(gateway, Scenario(status=429, retry_after=1)) as gw:
+        async with gw.stream() as response:
+            await response.aread()
+        symptom(response.status_code == 429 and response.headers.get("retry-after") == "1",
+                f"the upstream answered 429 (Retry-After: 1); the client got "
+                f"{response.status_code}, so it cannot back off")
+        assert response.json()["error"]["type"]  # the upstream's OpenAI error body
+        gw.upstream.scenario = Scenario(tokens=3)  # and an answer still streams
+        async with gw.stream() as response:
+            reply = await read_reply(response)
+        assert reply.status == 200 and len(reply.tokens) == 3 and reply.done
+
+
+@lesson("11_except_cancelled_misses_the_group")
+async def test_11_clients_that_leave_are_counted(gateway: Gateway) -> None:
+    async with stage(gateway, Scenario(tokens=50, tps=20)) as gw:
+        for _ in range(LEAVERS):
+            async with gw.stream() as response:
+                await read_reply(response, tokens=2)
+        gw.upstream.scenario = Scenario(tokens=3)
+        async with gw.stream() as response:
+            assert len((await read_reply(response)).tokens) == 3
+        with trio.fail_after(PROMPTLY):
+            await gw.upstream.wait_for_request(LEAVERS + 1)
+            while (await gw.client.get(f"{gw.url}/stats")).json().get("completed") != 1:
+                await trio.sleep(0.01)
+        counted = (await gw.client.get(f"{gw.url}/stats")).json()
+    symptom(counted.get("client left", 0) == LEAVERS,
+            f"{LEAVERS} clients left mid-answer; the gateway counted "
+            f"{counted.get('client left', 0)}: {counted}")
+
+
+@lesson("12_client_stopped_reading")
+async def test_12_a_client_that_stops_reading_is_let_go(gateway: Gateway) -> None:
+    async with stage(gateway, Scenario(tokens=1_000_000), SEND_STALL_TIMEOUT=STALL) as gw:
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+        with sock:
+            await sock.connect((host, int(port)))
+            body = orjson.dumps(chat())
+            await sock.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: lesson\r\n"
+                            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                            % (len(body), body))
+            assert (await sock.recv(64)).startswith(b"HTTP/1.1 200")
+            # ...and now it reads nothing more, but stays connected.
+            held = await seconds_until_closed(gw.upstream, STALL + SLACK)
+    symptom(held <= STALL + SLACK, f"the upstream was still held {STALL + SLACK:g} s after the "
+            "client stopped reading")

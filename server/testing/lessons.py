@@ -43,7 +43,7 @@ import httpx
 import trio
 from hypercorn.config import Config, Sockets
 from hypercorn.trio import serve
-from quart import Response
+from quart import Response, request
 from quart.wrappers.response import ResponseBody
 from quart_trio import QuartTrio
 
@@ -104,6 +104,17 @@ async def relay(client: httpx.AsyncClient, body: Any) -> AsyncIterator[bytes]:
             yield f"{line}\n".encode()
 
 
+def plain_gateway(upstream: str, **client_options: Any) -> QuartTrio:
+    """A gateway with nothing wrong in sight: POST /v1/chat/completions relays the upstream."""
+    app, client = app_and_client(upstream, **client_options)
+
+    @app.post("/v1/chat/completions")
+    async def chat() -> Response:
+        return sse(relay(client, await request.get_json()))
+
+    return app
+
+
 class _Config(Config):
     """hypercorn's Config, with a hook for the listening sockets' options."""
 
@@ -152,19 +163,24 @@ def serve_lesson(path: str, create_app: CreateApp, scenario: str, *,
     parser.add_argument("--port", type=int, default=PORT, help="default %(default)s")
     parser.add_argument("--scenario", default=scenario,
                         help='the fake upstream\'s behaviour (default "%(default)s")')
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=SECONDS",
+                        help="set one of the gateway's app.config timeouts, e.g. IDLE_TIMEOUT=5")
     args = parser.parse_args()
+    config = {name: float(value) for name, _, value in (s.partition("=") for s in args.set)}
     run = functools.partial(_stage, lesson, create_app, Scenario.parse(args.scenario),
-                            args.port, tune_listener, tries)
+                            args.port, config, tune_listener, tries)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it is meant to stop
         trio.run(run)
 
 
 async def _stage(lesson: Path, create_app: CreateApp, scenario: Scenario, port: int,
-                 tune_listener: TuneListener | None, tries: tuple[str, ...]) -> None:
+                 config: dict[str, float], tune_listener: TuneListener | None,
+                 tries: tuple[str, ...]) -> None:
     upstream = FakeUpstream(scenario)
     async with trio.open_nursery() as nursery:
         await nursery.start(upstream.serve, 0)
         app = create_app(upstream.base_url)
+        app.config.update(config)
         async with running_gateway(app, f"127.0.0.1:{port}", tune_listener) as url:
             print(f"{lesson.parent.name}/{lesson.name} at {url}, in front of the fake upstream "
                   f"at {upstream.base_url} ({scenario.format() or 'defaults'}).\nTry:")
