@@ -1,4 +1,4 @@
-"""The lessons' test run: each broken gateway must fail for its lesson's reason, each fixed one pass.
+"""The lessons' run: each broken gateway must fail for its lesson's reason, each fixed one pass.
 
 ``nox -s lessons`` (or ``pytest examples/lessons``) runs every lesson's test
 against both versions (`harness.lesson`) and ends with a table::
@@ -22,7 +22,6 @@ import warnings
 from collections.abc import Generator
 
 import pytest
-
 from harness import Gateway, Symptom
 
 _VERDICTS = pytest.StashKey[dict[str, dict[str, str]]]()
@@ -44,7 +43,7 @@ def pytest_runtest_makereport(
     report = yield
     callspec = getattr(item, "callspec", None)
     gateway = callspec.params.get("gateway") if callspec is not None else None
-    if not isinstance(gateway, Gateway) or report.when != "call":
+    if callspec is None or not isinstance(gateway, Gateway) or report.when != "call":
         return report
     error = _single(call.excinfo.value) if call.excinfo is not None else None
     if gateway.version == "fixed":

@@ -194,7 +194,8 @@ async def flake8(path: Path, select: str) -> list[str]:
     """
     result = await trio.run_process(
         [sys.executable, "-m", "flake8", "--isolated", f"--select={select}",
-         "--transform-async-generator-decorators=as_safe_channel", str(path)],
+         "--transform-async-generator-decorators=as_safe_channel",
+         "--format=%(path)s:%(row)d: %(code)s", str(path)],
         capture_stdout=True, check=False)
     return [line.removeprefix(str(LESSONS) + "/") for line in result.stdout.decode().splitlines()]
 

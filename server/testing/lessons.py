@@ -13,7 +13,7 @@ of them and live here, so that each file shows only its lesson:
   memory channel — such a body::
 
       @trio.as_safe_channel
-      async def relay() -> AsyncIterator[bytes]:
+      async def relay() -> AsyncGenerator[bytes]:
           async with client.stream("POST", "/chat/completions", json=body) as upstream:
               async for line in upstream.aiter_lines():
                   yield f"{line}\\n".encode()
@@ -33,7 +33,7 @@ import contextlib
 import functools
 import logging
 import socket
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -60,7 +60,7 @@ CHAT = ("curl -N {url}/v1/chat/completions -H 'content-type: application/json' -
 CreateApp = Callable[[str], QuartTrio]
 """A lesson's gateway: ``create_app(upstream_base_url)``."""
 TuneListener = Callable[[QuartTrio, socket.socket], None]
-"""Optional in a gateway module: ``tune_listener(app, sock)`` sets its listening sockets' options."""
+"""Optional in a gateway module: ``tune_listener(app, sock)`` sets its listening sockets up."""
 
 
 class Body(ResponseBody):
@@ -97,7 +97,7 @@ def sse(stream: AbstractAsyncContextManager[AsyncIterable[bytes]]) -> Response:
 
 
 @trio.as_safe_channel
-async def relay(client: httpx.AsyncClient, body: Any) -> AsyncIterator[bytes]:
+async def relay(client: httpx.AsyncClient, body: Any) -> AsyncGenerator[bytes]:
     """The upstream's answer to `body`, line by line, in a scope of its own (lesson 1)."""
     async with client.stream("POST", "/chat/completions", json=body) as response:
         async for line in response.aiter_lines():
@@ -186,5 +186,30 @@ async def _stage(lesson: Path, create_app: CreateApp, scenario: Scenario, port: 
                   f"at {upstream.base_url} ({scenario.format() or 'defaults'}).\nTry:")
             for command in (CHAT, *tries):
                 print("  " + command.format(url=url))
-            print("Ctrl-C to stop.", flush=True)
+            print("Ctrl-C to stop. What the fake upstream sees:", flush=True)
+            started = trio.current_time()
+            nursery.start_soon(_tell_requests, upstream, started)
+            nursery.start_soon(_tell_closes, upstream, started)
             await trio.sleep_forever()
+
+
+async def _tell_requests(upstream: FakeUpstream, started: float) -> None:
+    """Print each request the fake upstream receives, as it arrives."""
+    while True:
+        await upstream.wait_for_request(len(upstream.requests) + 1)
+        request = upstream.requests[-1]
+        _tell(started, f"request {len(upstream.requests)}: {request.method} {request.path}")
+
+
+async def _tell_closes(upstream: FakeUpstream, started: float) -> None:
+    """Print when the fake upstream has no connection open any more (the gateway let go)."""
+    seen = 0
+    while True:
+        await upstream.wait_for_request(seen + 1)
+        await upstream.wait_all_closed()
+        seen = len(upstream.requests)
+        _tell(started, "no connection open any more: the gateway let go")
+
+
+def _tell(started: float, what: str) -> None:
+    print(f"  [{trio.current_time() - started:7.2f} s] fake upstream: {what}", flush=True)

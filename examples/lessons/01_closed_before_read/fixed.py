@@ -10,7 +10,7 @@ makes it safe to suspend inside the ``async with`` (lesson 7 tells why).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import trio
 from quart import Response, request
@@ -27,7 +27,7 @@ def create_app(upstream: str) -> QuartTrio:
         body = await request.get_json()
 
         @trio.as_safe_channel
-        async def relay() -> AsyncIterator[bytes]:
+        async def relay() -> AsyncGenerator[bytes]:
             async with client.stream("POST", "/chat/completions", json=body) as response:
                 async for line in response.aiter_lines():
                     yield f"{line}\n".encode()

@@ -9,7 +9,7 @@ bounded and shielded: a cancellation can neither skip it nor hang it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import trio
 from quart import Response, request
@@ -38,7 +38,7 @@ def create_app(upstream: str) -> QuartTrio:
         body = await request.get_json()
 
         @trio.as_safe_channel
-        async def relay() -> AsyncIterator[bytes]:
+        async def relay() -> AsyncGenerator[bytes]:
             chunks = 0
             try:
                 async with client.stream("POST", "/chat/completions", json=body) as response:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import httpx
 import trio
-from quart import Response, request
+from quart import request
+from quart.typing import ResponseReturnValue
 from quart_trio import QuartTrio
 
 from server.testing.lessons import app_and_client, relay, serve_lesson, sse
@@ -27,7 +28,7 @@ def create_app(upstream: str) -> QuartTrio:
     slots = trio.Semaphore(MAX_STREAMS)
 
     @app.post("/v1/chat/completions")
-    async def chat() -> Response | tuple[dict[str, object], int, dict[str, str]]:
+    async def chat() -> ResponseReturnValue:
         if slots.value == 0:
             return BUSY, 429, {"retry-after": "1"}
         async with slots:  # taken while the view runs, and given back as it returns

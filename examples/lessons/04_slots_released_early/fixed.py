@@ -10,12 +10,13 @@ status before the body runs (lesson 10 shows how to wait with it).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import httpx
 import orjson
 import trio
-from quart import Response, request
+from quart import request
+from quart.typing import ResponseReturnValue
 from quart_trio import QuartTrio
 
 from server.testing.lessons import app_and_client, relay, serve_lesson, sse
@@ -31,13 +32,13 @@ def create_app(upstream: str) -> QuartTrio:
     slots = trio.Semaphore(MAX_STREAMS)
 
     @app.post("/v1/chat/completions")
-    async def chat() -> Response | tuple[dict[str, object], int, dict[str, str]]:
+    async def chat() -> ResponseReturnValue:
         if slots.value == 0:
             return BUSY, 429, {"retry-after": "1"}
         body = await request.get_json()
 
         @trio.as_safe_channel
-        async def held() -> AsyncIterator[bytes]:
+        async def held() -> AsyncGenerator[bytes]:
             try:
                 slots.acquire_nowait()  # the stream takes the slot...
             except trio.WouldBlock:

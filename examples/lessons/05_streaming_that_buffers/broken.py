@@ -9,7 +9,7 @@ The client's spinner spins, then the text appears all at once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import trio
@@ -23,7 +23,7 @@ def create_app(upstream: str) -> QuartTrio:
     app, client = app_and_client(upstream)
 
     @trio.as_safe_channel
-    async def relay(body: Any) -> AsyncIterator[bytes]:
+    async def relay(body: Any) -> AsyncGenerator[bytes]:
         async with client.stream("POST", "/chat/completions", json=body) as response:
             async for chunk in response.aiter_bytes(chunk_size=8192):  # waits for 8 KiB
                 yield chunk

@@ -8,7 +8,7 @@ the client sees each token when the model writes it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import trio
@@ -22,7 +22,7 @@ def create_app(upstream: str) -> QuartTrio:
     app, client = app_and_client(upstream)
 
     @trio.as_safe_channel
-    async def relay(body: Any) -> AsyncIterator[bytes]:
+    async def relay(body: Any) -> AsyncGenerator[bytes]:
         async with client.stream("POST", "/chat/completions", json=body) as response:
             async for chunk in response.aiter_bytes():  # whatever each read brought
                 yield chunk

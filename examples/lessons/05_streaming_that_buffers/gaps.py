@@ -16,6 +16,7 @@ bursts of one token.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import sys
 from collections.abc import Sequence
@@ -48,7 +49,7 @@ class Gaps:
 
 def gaps(arrivals: Sequence[float]) -> Gaps:
     """The gap table of tokens that arrived at `arrivals` (seconds, ascending)."""
-    between = [later - earlier for earlier, later in zip(arrivals, arrivals[1:], strict=False)]
+    between = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
     burst = largest = min(len(arrivals), 1)
     for gap in between:
         burst = burst + 1 if gap < ZERO else 1

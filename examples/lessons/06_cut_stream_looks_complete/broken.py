@@ -9,7 +9,7 @@ half an answer that looks whole.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -26,7 +26,7 @@ def create_app(upstream: str) -> QuartTrio:
     app, client = app_and_client(upstream)
 
     @trio.as_safe_channel
-    async def relay(body: Any) -> AsyncIterator[bytes]:
+    async def relay(body: Any) -> AsyncGenerator[bytes]:
         try:
             async with client.stream("POST", "/chat/completions", json=body) as response:
                 async for line in response.aiter_lines():

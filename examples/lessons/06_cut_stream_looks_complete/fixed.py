@@ -8,7 +8,7 @@ event; every client can tell a cut answer from a complete one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -28,7 +28,7 @@ def create_app(upstream: str) -> QuartTrio:
     app, client = app_and_client(upstream)
 
     @trio.as_safe_channel
-    async def relay(body: Any) -> AsyncIterator[bytes]:
+    async def relay(body: Any) -> AsyncGenerator[bytes]:
         try:
             async with client.stream("POST", "/chat/completions", json=body) as response:
                 async for line in response.aiter_lines():

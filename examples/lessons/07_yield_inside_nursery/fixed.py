@@ -10,7 +10,7 @@ and the upstream's failure surfaces where it happened, as itself.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import trio
@@ -29,13 +29,13 @@ def create_app(upstream: str) -> QuartTrio:
     app, client = app_and_client(upstream)
 
     @trio.as_safe_channel
-    async def relay(body: Any) -> AsyncIterator[bytes]:
+    async def relay(body: Any) -> AsyncGenerator[bytes]:
         async with client.stream("POST", "/chat/completions", json=body) as response:
             async for line in response.aiter_lines():
                 yield f"{line}\n".encode()
 
     @trio.as_safe_channel
-    async def moderated(body: Any) -> AsyncIterator[bytes]:
+    async def moderated(body: Any) -> AsyncGenerator[bytes]:
         async with relay(body) as chunks:
             async for chunk in chunks:
                 await check(chunk)

@@ -9,7 +9,7 @@ logged. A stalled model is cut at 60 s too — in the same silent way.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import trio
@@ -24,7 +24,7 @@ def create_app(upstream: str) -> QuartTrio:
     app.config["ANSWER_TIMEOUT"] = 60.0  # seconds for a whole answer (Quart's own total: 60 s)
 
     @trio.as_safe_channel
-    async def relay(body: Any) -> AsyncIterator[bytes]:
+    async def relay(body: Any) -> AsyncGenerator[bytes]:
         with trio.move_on_after(app.config["ANSWER_TIMEOUT"]):
             async with client.stream("POST", "/chat/completions", json=body) as response:
                 async for line in response.aiter_lines():

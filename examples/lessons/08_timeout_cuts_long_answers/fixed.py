@@ -9,7 +9,7 @@ Quart's own total, ``RESPONSE_TIMEOUT``, is switched off for the response.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
@@ -28,7 +28,7 @@ def create_app(upstream: str) -> QuartTrio:
     app.config["IDLE_TIMEOUT"] = 30.0  # seconds of upstream silence that end an answer
 
     @trio.as_safe_channel
-    async def relay(body: Any) -> AsyncIterator[bytes]:
+    async def relay(body: Any) -> AsyncGenerator[bytes]:
         async with client.stream("POST", "/chat/completions", json=body) as response:
             lines = response.aiter_lines()
             while True:

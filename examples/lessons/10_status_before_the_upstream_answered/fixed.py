@@ -10,12 +10,12 @@ the first byte, failures travel in-band (lesson 6): this is the commit point.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import trio
 from hypercorn.typing import ASGISendCallable
-from quart import request
+from quart import Response, request
 from quart.typing import ResponseTypes
 from quart.utils import encode_headers
 from quart_trio import QuartTrio
@@ -36,7 +36,7 @@ class StatusLast(TrioASGIHTTPConnection):
     """Quart's HTTP connection, but a streamed body is entered before the status is sent."""
 
     async def _send_response(self, send: ASGISendCallable, response: ResponseTypes) -> None:
-        if not isinstance(getattr(response, "response", None), Body):
+        if not isinstance(response, Response) or not isinstance(response.response, Body):
             await super()._send_response(send, response)
             return
         started = False
@@ -61,7 +61,7 @@ def create_app(upstream: str) -> QuartTrio:
     app.asgi_http_class = StatusLast
 
     @trio.as_safe_channel
-    async def relay(body: Any) -> AsyncIterator[bytes]:
+    async def relay(body: Any) -> AsyncGenerator[bytes]:
         async with client.stream("POST", "/chat/completions", json=body) as response:
             if response.is_error:
                 passed_on = [(k, v) for k, v in response.headers.raw
@@ -71,7 +71,7 @@ def create_app(upstream: str) -> QuartTrio:
                 yield f"{line}\n".encode()
 
     @app.post("/v1/chat/completions")
-    async def chat() -> Any:
+    async def chat() -> Response:
         return sse(relay(await request.get_json()))
 
     return app
