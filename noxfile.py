@@ -7,6 +7,8 @@ never repeats a version. Every session passes ``session.posargs`` through:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.needs_version = ">=2024.10.9"
@@ -55,6 +57,10 @@ def typecheck(session: nox.Session) -> None:
     _install_group(session, "typecheck")
     session.install("nox")
     session.run("mypy", *session.posargs)
+    # Every lesson has its own broken.py and fixed.py, and one mypy run cannot hold two
+    # modules of one name (pyproject excludes them from the run above): one run per lesson.
+    for lesson in sorted(Path("examples/lessons").glob("[0-9][0-9]_*")):
+        session.run("mypy", *sorted(str(path) for path in lesson.glob("*.py")), silent=True)
 
 
 @nox.session(python=PYTHON)
@@ -65,6 +71,16 @@ def browser(session: nox.Session) -> None:
     _install_group(session, "test")
     session.run("pytest", "tests/browser", *session.posargs,
                 env={"SLUICE_REQUIRE_BROWSER": "1"})
+
+
+@nox.session(python=PYTHON)
+def lessons(session: nox.Session) -> None:
+    """Each lesson's test against its broken and its fixed gateway (examples/lessons/), and a
+    table: every broken one must fail for its lesson's reason, every fixed one pass (~2 min)."""
+    session.install("-e", ".")
+    _install_group(session, "test")
+    _install_group(session, "lint")  # two lessons show flake8-async catching their bug
+    session.run("pytest", "examples/lessons", *session.posargs)
 
 
 @nox.session(python=PYTHON)

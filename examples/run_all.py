@@ -12,6 +12,8 @@ itself even when something hangs. ``$SLUICE_CONFIG`` is left out of every
 child's environment: the smoke run always uses the default simulated model.
 
 It is plain blocking code on purpose: it only starts processes and waits for them.
+The lessons (``examples/lessons/``) are not examples of Sluice but gateways
+that are broken on purpose, with tests of their own: ``nox -s lessons``.
 """
 
 from __future__ import annotations

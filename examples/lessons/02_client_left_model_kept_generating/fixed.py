@@ -1,0 +1,48 @@
+"""Lesson 2, fixed: the pump is a child of the stream's nursery, and dies with the request.
+
+The same pump and channel, but the nursery that runs the pump belongs to the
+stream: it is opened by the body Quart sends. quart-trio runs each request
+beside a sibling task that waits for hypercorn's ``http.disconnect``; when
+the client leaves, that watcher cancels the request's scope, and with it
+this nursery, the pump and the upstream connection — within milliseconds,
+thinking model or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from server.testing.lessons import app_and_client, serve_lesson, sse
+
+
+def create_app(upstream: str) -> QuartTrio:
+    app, client = app_and_client(upstream)
+
+    async def pump(body: Any, chunks: trio.MemorySendChannel[bytes]) -> None:
+        async with chunks, client.stream("POST", "/chat/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                await chunks.send(f"{line}\n".encode())
+
+    @asynccontextmanager
+    async def stream(body: Any) -> AsyncIterator[trio.MemoryReceiveChannel[bytes]]:
+        chunks, received = trio.open_memory_channel[bytes](16)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, body, chunks)  # a child of the stream: cancelled with it
+            with received:
+                yield received
+
+    @app.post("/v1/chat/completions")
+    async def chat() -> Response:
+        return sse(stream(await request.get_json()))
+
+    return app
+
+
+if __name__ == "__main__":
+    serve_lesson(__file__, create_app, "tokens=20,tps=5,first_delay=10")

@@ -1,0 +1,81 @@
+"""Lesson 10, fixed: the status line waits until the upstream has answered.
+
+Quart lets an app choose its ASGI connection class. This one enters the
+response body *before* it sends the status line, so the stream — which owns
+the upstream response in its ``async with``, as always — can still refuse:
+an upstream error before the first byte raises `Refused`, and the client
+gets the upstream's status, its ``Retry-After`` and its error body. After
+the first byte, failures travel in-band (lesson 6): this is the commit point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import trio
+from hypercorn.typing import ASGISendCallable
+from quart import Response, request
+from quart.typing import ResponseTypes
+from quart.utils import encode_headers
+from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
+
+from server.testing.lessons import Body, app_and_client, serve_lesson, sse
+
+
+class Refused(Exception):
+    """The upstream said no before the first byte: the client gets a real status."""
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        super().__init__(status)
+        self.status, self.headers, self.body = status, headers, body
+
+
+class StatusLast(TrioASGIHTTPConnection):
+    """Quart's HTTP connection, but a streamed body is entered before the status is sent."""
+
+    async def _send_response(self, send: ASGISendCallable, response: ResponseTypes) -> None:
+        if not isinstance(response, Response) or not isinstance(response.response, Body):
+            await super()._send_response(send, response)
+            return
+        started = False
+        try:
+            async with response.response as chunks:  # the stream asks the upstream first
+                async for chunk in chunks:
+                    if not started:  # the first byte: from here on, the status is 200
+                        started = True
+                        await send({"type": "http.response.start", "status": 200,
+                                    "headers": encode_headers(response.headers)})
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except Refused as refused:
+            await send({"type": "http.response.start", "status": refused.status,
+                        "headers": refused.headers})
+            await send({"type": "http.response.body", "body": refused.body, "more_body": False})
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def create_app(upstream: str) -> QuartTrio:
+    app, client = app_and_client(upstream)
+    app.asgi_http_class = StatusLast
+
+    @trio.as_safe_channel
+    async def relay(body: Any) -> AsyncGenerator[bytes]:
+        async with client.stream("POST", "/chat/completions", json=body) as response:
+            if response.is_error:
+                passed_on = [(k, v) for k, v in response.headers.raw
+                             if k.lower() in (b"content-type", b"retry-after")]
+                raise Refused(response.status_code, passed_on, await response.aread())
+            async for line in response.aiter_lines():
+                yield f"{line}\n".encode()
+
+    @app.post("/v1/chat/completions")
+    async def chat() -> Response:
+        return sse(relay(await request.get_json()))
+
+    return app
+
+
+if __name__ == "__main__":
+    serve_lesson(__file__, create_app, "status=429,retry_after=1")
