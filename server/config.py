@@ -142,6 +142,17 @@ class ChatApiSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeSettings:
+    """Detached streams: background responses and resumable chat streams."""
+
+    retention: float = 600.0  # seconds a finished stream's events are kept for late readers
+    grace: float = 60.0  # a resumable chat stream nobody reads runs on this long
+    max_events: int = 10_000  # events kept per stream (the oldest go first)
+    max_bytes: int = 4 * 1024 * 1024  # bytes of events kept per stream
+    max_retained_bytes: int = 256 * 1024 * 1024  # all finished streams' events together
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     backends: tuple[BackendSettings, ...]
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -151,6 +162,7 @@ class Settings:
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
     chat: ChatApiSettings = field(default_factory=ChatApiSettings)
+    resume: ResumeSettings = field(default_factory=ResumeSettings)
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -186,6 +198,7 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
     admission = _admission(table.table("admission"))
     cors = _cors(table.table("cors"))
     chat_table = table.table("chat")  # read once the backends are known
+    resume = _resume(table.table("resume"))
     raw_backends: list[Any] | None = table.take("backends", list, None)
     table.finish()
     if not raw_backends:
@@ -200,7 +213,7 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
             raise ConfigError(f"backends[{i}].name: duplicate backend name {name!r}")
     return Settings(backends=backends, server=server, timeouts=timeouts, retry=retry,
                     breaker=breaker, admission=admission, cors=cors,
-                    chat=_chat(chat_table, backends))
+                    chat=_chat(chat_table, backends), resume=resume)
 
 
 def _server(table: _Table) -> ServerSettings:
@@ -314,6 +327,20 @@ def _chat(table: _Table, backends: tuple[BackendSettings, ...]) -> ChatApiSettin
         raise ConfigError(f"{table.path}.default_model: no backend serves {model!r}")
     table.finish()
     return ChatApiSettings(default_model=model)
+
+
+def _resume(table: _Table) -> ResumeSettings:
+    d = ResumeSettings()
+    settings = ResumeSettings(
+        retention=table.number("retention", d.retention, allow_zero=True),
+        grace=table.number("grace", d.grace, allow_zero=True),
+        max_events=table.take("max_events", int, d.max_events, _positive),
+        max_bytes=table.take("max_bytes", int, d.max_bytes, _positive),
+        max_retained_bytes=table.take("max_retained_bytes", int, d.max_retained_bytes,
+                                      _positive),
+    )
+    table.finish()
+    return settings
 
 
 def _timeouts(table: _Table, inherited: Timeouts) -> Timeouts:

@@ -65,8 +65,8 @@ async def serve_stream(
     extra_headers: Headers,
     client_gone: trio.Event,
     metrics: Metrics,
-) -> None:
-    """Run one stream in its own nursery and account for how it ended."""
+) -> SluiceError | None:
+    """Run one stream in its own nursery and account for how it ended; return its error."""
     stats = PumpStats()
     response = LateStatusResponse(send, extra_headers)
     error: SluiceError | None = None
@@ -107,6 +107,7 @@ async def serve_stream(
             metrics.client_disconnects.inc()
         _record(plan, stats, outcome, error, metrics)
         plan.lifecycle.stream_ended(upstream)
+    return error
 
 
 async def watch_stream(
