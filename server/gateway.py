@@ -35,6 +35,7 @@ from server.api.chat_completions import ChatRequest, parse_chat_request
 from server.api.connection import SluiceHTTPConnection, StreamResponse
 from server.api.cors import install_cors
 from server.api.page import register_page
+from server.api.responses import register_responses_api
 from server.backends import open_backends
 from server.backends.http import api_key_from_env
 from server.config import Settings
@@ -55,6 +56,7 @@ from server.limits.rate_limit import MemoryRateLimiter, RateLimiter
 from server.limits.routing import Route, candidates, make_routes
 from server.metrics import Metrics
 from server.serving.lifecycle import Lifecycle
+from server.stream.background import BackgroundStreams, watch_background
 from server.stream.channel import BodyWriter
 from server.stream.nursery import StreamPlan
 from server.stream.pump import PumpContext
@@ -84,6 +86,9 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     metrics = Metrics()
     gateway = Gateway(settings, metrics)
     app.extensions["sluice.gateway"] = gateway
+    background = BackgroundStreams(settings.resume)  # detached streams (server.stream.background)
+    watch_background(metrics, background)
+    app.extensions["sluice.background"] = background
 
     # The backends (and their idle connections) live as long as serving does. An exit
     # stack rather than a `while_serving` generator: a generator that is never
@@ -95,9 +100,11 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     async def open_serving() -> None:
         backends = await lifetime.enter_async_context(open_backends(settings, environ))
         gateway.routes = make_routes(backends, settings.breaker)
+        await app.nursery.start(background.serve)
 
     @app.after_serving
     async def close_serving() -> None:
+        await background.stop()  # detached streams end before the backends they use close
         gateway.routes = ()
         await lifetime.aclose()
 
@@ -165,6 +172,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         return _error_response(failure)
 
     register_chat_api(app, settings, gateway.stream_response)  # POST /chat
+    register_responses_api(app, settings, gateway.stream_response, background)  # /v1/responses
     register_page(app)  # GET /
     install_cors(app, settings.cors)
     app.extensions["sluice.metrics"] = metrics
