@@ -36,6 +36,12 @@ from server.api.connection import SluiceHTTPConnection, StreamResponse
 from server.api.cors import install_cors
 from server.api.page import register_page
 from server.api.responses import register_responses_api
+from server.api.resume import (
+    RESUMABLE_HEADER,
+    register_resume_api,
+    resumable_chat,
+    wants_resumable,
+)
 from server.backends import open_backends
 from server.backends.http import api_key_from_env
 from server.config import Settings
@@ -121,6 +127,9 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     async def chat_completions() -> Response:
         received_at = trio.current_time()
         chat = parse_chat_request(await request.get_data(False, False, False))
+        if wants_resumable(request.headers.get(RESUMABLE_HEADER)):
+            return await resumable_chat(chat, received_at, settings, gateway.stream_response,
+                                        background)
         write_body: BodyWriter = write_sse if chat.stream else write_completion
         return await gateway.stream_response(chat, write_body, received_at,
                                              heartbeats=chat.stream)
@@ -173,6 +182,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     register_chat_api(app, settings, gateway.stream_response)  # POST /chat
     register_responses_api(app, settings, gateway.stream_response, background)  # /v1/responses
+    register_resume_api(app, settings, background)  # resumable chat streams
     register_page(app)  # GET /
     install_cors(app, settings.cors)
     app.extensions["sluice.metrics"] = metrics
