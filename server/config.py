@@ -71,11 +71,16 @@ class BackendSettings:
     upstream_model: str | None = None  # the model name sent upstream (default: the client's)
     tls_ca_file: str | None = None  # PEM bundle to verify an https upstream (default: certifi)
     stream_options: bool = True  # False: never send `stream_options` (servers that reject it)
+    embeddings: bool = False  # serves /v1/embeddings (the simulated model always can)
+    completions: bool = False  # serves /v1/completions (the simulated model always can)
     timeouts: Timeouts = field(default_factory=Timeouts)
     simulated: SimulatedModel = field(default_factory=SimulatedModel)
 
     def serves(self, model: str) -> bool:
         return "*" in self.models or model in self.models
+
+
+Accepts = Callable[[BackendSettings], bool]  # which backends may serve an endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +389,12 @@ def _backend(table: _Table, timeouts: Timeouts) -> BackendSettings:
         # Only an OpenAI-compatible upstream is ever sent the field.
         stream_options=table.take("stream_options", bool, True) if kind == "openai" else True,
         timeouts=_timeouts(table.table("timeouts"), timeouts),
+        embeddings=table.take("embeddings", bool, kind == "simulated"),
+        completions=table.take("completions", bool, kind == "simulated"),
     )
+    if kind == "ollama" and (backend.embeddings or backend.completions):
+        raise ConfigError(f"{table.path}: embeddings and completions are served by kinds "
+                          "'openai' and 'simulated' only")
     simulated_keys = ("tokens_per_second", "first_token_delay", "reply_tokens")
     if kind == "simulated":
         default = SimulatedModel()

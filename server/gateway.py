@@ -32,8 +32,10 @@ from werkzeug.exceptions import HTTPException
 
 from server.api.browser_chat import register_chat_api
 from server.api.chat_completions import ChatRequest, parse_chat_request
+from server.api.completions import register_completions_api
 from server.api.connection import SluiceHTTPConnection, StreamResponse
 from server.api.cors import install_cors
+from server.api.embeddings import register_embeddings_api
 from server.api.page import register_page
 from server.api.responses import register_responses_api
 from server.api.resume import (
@@ -44,7 +46,7 @@ from server.api.resume import (
 )
 from server.backends import open_backends
 from server.backends.http import api_key_from_env
-from server.config import Settings
+from server.config import Accepts, Settings
 from server.errors import (
     BodyTooLarge,
     ModelNotFound,
@@ -183,6 +185,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     register_chat_api(app, settings, gateway.stream_response)  # POST /chat
     register_responses_api(app, settings, gateway.stream_response, background)  # /v1/responses
     register_resume_api(app, settings, background)  # resumable chat streams
+    register_completions_api(app, gateway.stream_response)  # POST /v1/completions
+    register_embeddings_api(app, gateway)  # POST /v1/embeddings
     register_page(app)  # GET /
     install_cors(app, settings.cors)
     app.extensions["sluice.metrics"] = metrics
@@ -209,12 +213,11 @@ class Gateway:
             self.rate_limiter = MemoryRateLimiter(admission.requests_per_minute, admission.burst)
         metrics.watch(lambda: self.routes, self.slots, self.lifecycle)
 
-    async def stream_response(self, chat: ChatRequest, write_body: BodyWriter,
-                              received_at: float, *, heartbeats: bool) -> StreamResponse:
-        """Check the client's rate limit and the model, then plan the stream.
+    async def admit(self, model: str, accepts: Accepts | None = None) -> tuple[Route, ...]:
+        """The checks every request passes first: draining, the client's rate limit, the model.
 
-        ``heartbeats``: the body format shows it is alive during silence (an SSE
-        keepalive comment) every ``keepalive_interval``; a buffered one cannot.
+        Returns the routes serving ``model`` (only the backends ``accepts``
+        allows, when given: those that serve embeddings, say).
         """
         if self.lifecycle.draining:
             raise ShuttingDown()
@@ -224,9 +227,22 @@ class Gateway:
                 self.metrics.rate_limited.inc()
                 raise TooManyRequests("Rate limit exceeded for this client.",
                                       code="rate_limit_exceeded", retry_after=wait)
-        routes = candidates(self.routes, chat.model)
+        routes = candidates(self.routes, model)
+        if accepts is not None:
+            routes = tuple(route for route in routes if accepts(route.backend.settings))
         if not routes:
-            raise ModelNotFound(chat.model)
+            raise ModelNotFound(model)
+        return routes
+
+    async def stream_response(self, chat: ChatRequest, write_body: BodyWriter,
+                              received_at: float, *, heartbeats: bool,
+                              accepts: Accepts | None = None) -> StreamResponse:
+        """Check the client's rate limit and the model, then plan the stream.
+
+        ``heartbeats``: the body format shows it is alive during silence (an SSE
+        keepalive comment) every ``keepalive_interval``; a buffered one cannot.
+        """
+        routes = await self.admit(chat.model, accepts)
         admission = self.settings.admission
         plan = StreamPlan(
             request=chat,

@@ -152,7 +152,8 @@ def test_default_config() -> None:
     settings = load_settings({})
     assert settings == parse_settings(tomllib.loads(DEFAULT_CONFIG))
     assert settings == Settings(backends=(
-        BackendSettings(name="simulated", kind="simulated", models=("sluice-sim",)),
+        BackendSettings(name="simulated", kind="simulated", models=("sluice-sim",),
+                        embeddings=True, completions=True),  # the simulated model can
     ))
     assert settings.model_names == ("sluice-sim",)
 
