@@ -15,7 +15,8 @@ import trio
 
 from server.config import parse_settings
 from server.testing.fake_upstream import FakeUpstream, Scenario
-from tests.conftest import CLOSE_BOUND, PROMPTLY, RunningSluice, running_sluice
+from tests.conftest import PROMPTLY, RunningSluice, running_sluice
+from tests.e2e.leaving import assert_upstream_closed, leave_mid_stream
 from tests.sse_client import receive_stream
 
 FIVE = "t0 t1 t2 t3 t4 "
@@ -112,20 +113,10 @@ async def test_a_completions_stream_cut_mid_way_ends_in_band(
 async def test_a_client_leaving_a_completions_stream_closes_the_upstream(
         sluice: RunningSluice, primary: FakeUpstream) -> None:
     primary.scenario = Scenario(tokens=1000, tps=20)
-    async with httpx.AsyncClient() as client:
-        with trio.fail_after(PROMPTLY):
-            async with client.stream("POST", sluice.base_url + "/v1/completions",
-                                     json={"model": "m", "prompt": "x",
-                                           "stream": True}) as response:
-                seen = b""
-                async for raw in response.aiter_raw():
-                    seen += raw
-                    if seen.count(b'"text":"t') >= 2:
-                        break
-            left_at = trio.current_time()
-            await primary.wait_all_closed()
-    closed_at = primary.connections[0].closed_at
-    assert closed_at is not None and closed_at - left_at < CLOSE_BOUND
+    left_at = await leave_mid_stream(sluice.base_url, "/v1/completions",
+                                     {"model": "m", "prompt": "x", "stream": True},
+                                     b'"text":"t')
+    await assert_upstream_closed(primary, left_at)
     await sluice.settle()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import openai
 import orjson
 import pytest
@@ -23,12 +22,12 @@ from server.config import Settings, parse_settings
 from server.stream.background import BackgroundStreams
 from server.testing.fake_upstream import FakeUpstream, Scenario
 from tests.conftest import (
-    CLOSE_BOUND,
     PROMPTLY,
     RunningSluice,
     running_sluice,
     settings_for,
 )
+from tests.e2e.leaving import assert_upstream_closed, leave_mid_stream
 
 
 def _settings(upstream: FakeUpstream, **resume: Any) -> Settings:
@@ -150,20 +149,10 @@ async def test_errors_before_the_commit_point_get_a_real_status(
 async def test_a_client_leaving_a_response_stream_closes_the_upstream(
         sluice: RunningSluice, upstream: FakeUpstream) -> None:
     upstream.scenario = Scenario(tokens=1000, tps=20)
-    async with httpx.AsyncClient() as client:
-        with trio.fail_after(PROMPTLY):
-            async with client.stream("POST", sluice.base_url + "/v1/responses",
-                                     json={"model": "m", "input": "x",
-                                           "stream": True}) as response:
-                seen = b""
-                async for raw in response.aiter_raw():
-                    seen += raw
-                    if seen.count(b"event: response.output_text.delta") >= 2:
-                        break
-            left_at = trio.current_time()
-            await upstream.wait_all_closed()
-    closed_at = upstream.connections[0].closed_at
-    assert closed_at is not None and closed_at - left_at < CLOSE_BOUND
+    left_at = await leave_mid_stream(sluice.base_url, "/v1/responses",
+                                     {"model": "m", "input": "x", "stream": True},
+                                     b"event: response.output_text.delta")
+    await assert_upstream_closed(upstream, left_at)
     await sluice.settle()
     assert sluice.sample("sluice_stream_outcomes_total", outcome="client_disconnect") == 1
 
@@ -222,14 +211,11 @@ async def test_cancel_stops_the_upstream_of_a_background_response(
         await trio.sleep(0.1)  # some tokens flow
         cancelled_at = trio.current_time()
         cancelled = await sdk.responses.cancel(created.id)
-        with trio.fail_after(PROMPTLY):
-            await upstream.wait_all_closed()
+        await assert_upstream_closed(upstream, cancelled_at)
         assert cancelled.status == "cancelled"
         again = await sdk.responses.cancel(created.id)  # idempotent
         assert again.status == "cancelled"
         events = await _events(await sdk.responses.retrieve(created.id, stream=True))
-    closed_at = upstream.connections[0].closed_at
-    assert closed_at is not None and closed_at - cancelled_at < CLOSE_BOUND
     assert events[-1].type == "response.failed"
     assert events[-1].response.status == "cancelled"
     await sluice.settle()

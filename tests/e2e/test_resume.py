@@ -19,7 +19,8 @@ import trio
 
 from server.config import Settings, parse_settings
 from server.testing.fake_upstream import FakeUpstream, Scenario
-from tests.conftest import CLOSE_BOUND, PROMPTLY, RunningSluice, chat_body, running_sluice
+from tests.conftest import PROMPTLY, RunningSluice, chat_body, running_sluice
+from tests.e2e.leaving import assert_upstream_closed
 from tests.sse_client import Received, receive_stream
 
 URL = "/v1/chat/completions"
@@ -118,11 +119,7 @@ async def test_an_unread_stream_runs_on_for_the_grace_period_then_ends(
     async with client.stream("POST", sluice.base_url + URL, json=chat_body(),
                              headers=RESUMABLE) as response:
         await receive_stream(response, stop_after=2)
-    left_at = trio.current_time()
-    with trio.fail_after(GRACE + PROMPTLY):
-        await upstream.wait_all_closed()
-    closed_at = upstream.connections[0].closed_at
-    assert closed_at is not None and GRACE <= closed_at - left_at < GRACE + CLOSE_BOUND
+    await assert_upstream_closed(upstream, trio.current_time(), after=GRACE)
     await sluice.settle()
     assert sluice.sample("sluice_stream_outcomes_total", outcome="client_disconnect") == 1
     late = await _resume(client, sluice, response.headers["x-sluice-stream-id"])
@@ -141,11 +138,7 @@ async def test_a_client_that_leaves_before_its_status_line_ends_the_stream_at_on
         with trio.fail_after(PROMPTLY):
             await upstream.wait_for_request(1)
         nursery.cancel_scope.cancel()
-    left_at = trio.current_time()
-    with trio.fail_after(PROMPTLY):
-        await upstream.wait_all_closed()
-    closed_at = upstream.connections[0].closed_at
-    assert closed_at is not None and closed_at - left_at < CLOSE_BOUND
+    await assert_upstream_closed(upstream, trio.current_time())
     await sluice.settle()
     assert sluice.sample("sluice_stream_outcomes_total", outcome="client_disconnect") == 1
 
@@ -162,14 +155,11 @@ async def test_cancel_stops_the_upstream_and_ends_every_reader(
             await trio.sleep(0.15)  # a few tokens flow to the reader
             cancelled_at = trio.current_time()
             cancel = await client.post(f"{sluice.base_url}{URL}/{stream_id}/cancel")
-            with trio.fail_after(PROMPTLY):
-                await upstream.wait_all_closed()
+            await assert_upstream_closed(upstream, cancelled_at)
     [rest] = got
     assert cancel.json() == {"id": stream_id, "object": "chat.completion.stream",
                              "status": "cancelled", "last_event_id": cancel.json()[
                                  "last_event_id"]}
-    closed_at = upstream.connections[0].closed_at
-    assert closed_at is not None and closed_at - cancelled_at < CLOSE_BOUND
     assert rest.content.startswith("t0 t1 ")
     assert not rest.done and rest.errors[-1]["code"] == "stream_cancelled"
     again = await client.post(f"{sluice.base_url}{URL}/{stream_id}/cancel")
