@@ -75,11 +75,16 @@ class BackendSettings:
     upstream_model: str | None = None  # the model name sent upstream (default: the client's)
     tls_ca_file: str | None = None  # PEM bundle to verify an https upstream (default: certifi)
     stream_options: bool = True  # False: never send `stream_options` (servers that reject it)
+    embeddings: bool = False  # serves /v1/embeddings (the simulated model always can)
+    completions: bool = False  # serves /v1/completions (the simulated model always can)
     timeouts: Timeouts = field(default_factory=Timeouts)
     simulated: SimulatedModel = field(default_factory=SimulatedModel)
 
     def serves(self, model: str) -> bool:
         return "*" in self.models or model in self.models
+
+
+Accepts = Callable[[BackendSettings], bool]  # which backends may serve an endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +159,17 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeSettings:
+    """Detached streams: background responses and resumable chat streams."""
+
+    retention: float = 600.0  # seconds a finished stream's events are kept for late readers
+    grace: float = 60.0  # a resumable chat stream nobody reads runs on this long
+    max_events: int = 10_000  # events kept per stream (the oldest go first)
+    max_bytes: int = 4 * 1024 * 1024  # bytes of events kept per stream
+    max_retained_bytes: int = 256 * 1024 * 1024  # all finished streams' events together
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     backends: tuple[BackendSettings, ...]
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -164,6 +180,7 @@ class Settings:
     cors: CorsSettings = field(default_factory=CorsSettings)
     chat: ChatApiSettings = field(default_factory=ChatApiSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    resume: ResumeSettings = field(default_factory=ResumeSettings)
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -200,6 +217,7 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
     cors = _cors(table.table("cors"))
     chat_table = table.table("chat")  # read once the backends are known
     logging = _logging(table.table("logging"))
+    resume = _resume(table.table("resume"))
     raw_backends: list[Any] | None = table.take("backends", list, None)
     table.finish()
     if not raw_backends:
@@ -214,7 +232,8 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
             raise ConfigError(f"{backend_path(name)}: two backends have this name")
     return Settings(backends=backends, server=server, timeouts=timeouts, retry=retry,
                     breaker=breaker, admission=admission, cors=cors,
-                    chat=_chat(chat_table, backends), logging=logging)
+                    chat=_chat(chat_table, backends), logging=logging,
+                    resume=resume)
 
 
 def backend_path(name: str) -> str:
@@ -352,6 +371,20 @@ def _logging(table: _Table) -> LoggingSettings:
     return settings
 
 
+def _resume(table: _Table) -> ResumeSettings:
+    d = ResumeSettings()
+    settings = ResumeSettings(
+        retention=table.number("retention", d.retention, allow_zero=True),
+        grace=table.number("grace", d.grace, allow_zero=True),
+        max_events=table.take("max_events", int, d.max_events, _positive),
+        max_bytes=table.take("max_bytes", int, d.max_bytes, _positive),
+        max_retained_bytes=table.take("max_retained_bytes", int, d.max_retained_bytes,
+                                      _positive),
+    )
+    table.finish()
+    return settings
+
+
 def _timeouts(table: _Table, inherited: Timeouts) -> Timeouts:
     timeouts = Timeouts(
         connect=table.number("connect", inherited.connect),
@@ -393,7 +426,12 @@ def _backend(table: _Table, timeouts: Timeouts) -> BackendSettings:
         # Only an OpenAI-compatible upstream is ever sent the field.
         stream_options=table.take("stream_options", bool, True) if kind == "openai" else True,
         timeouts=_timeouts(table.table("timeouts"), timeouts),
+        embeddings=table.take("embeddings", bool, kind == "simulated"),
+        completions=table.take("completions", bool, kind == "simulated"),
     )
+    if kind == "ollama" and (backend.embeddings or backend.completions):
+        raise ConfigError(f"{table.path}: embeddings and completions are served by kinds "
+                          "'openai' and 'simulated' only")
     simulated_keys = ("tokens_per_second", "first_token_delay", "reply_tokens")
     if kind == "simulated":
         default = SimulatedModel()

@@ -8,7 +8,9 @@ JSON a client sees; nothing else in the gateway builds error bodies.
     SluiceError
     ├── RequestError                 400  the client's request is wrong
     │   ├── BodyTooLarge             413
-    │   └── ModelNotFound            404  no backend serves that model
+    │   ├── ModelNotFound            404  no backend serves that model
+    │   ├── StreamNotFound           404  no such detached stream (or not the caller's)
+    │   └── EventsExpired            400  a resume from events no longer kept
     ├── UpstreamError                     an upstream failed us
     │   ├── UpstreamStatusError      4xx faithfully relayed, 5xx → 502
     │   ├── UpstreamUnavailable      502  refused, reset, broken, malformed
@@ -16,7 +18,8 @@ JSON a client sees; nothing else in the gateway builds error bodies.
     │   └── StreamCut                502  ended before its finish_reason
     ├── NoBackendAvailable           503  all backends failed this request, or saturated
     ├── TooManyRequests              429  the gateway is full, or the client's rate limit
-    └── ShuttingDown                 503  the worker is draining; retry elsewhere
+    ├── ShuttingDown                 503  the worker is draining; retry elsewhere
+    └── StreamCancelled                   a detached stream stopped on purpose (in-band only)
 
 A client never sees a traceback, an upstream URL or a key: `public_message`
 is written for clients; `detail` (logged beside the error id) is not sent.
@@ -76,6 +79,25 @@ class ModelNotFound(RequestError):
     def __init__(self, model: str) -> None:
         super().__init__(f"The model '{model}' does not exist or is not served here.",
                          param="model")
+
+
+class StreamNotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+    def __init__(self, what: str, stream_id: str) -> None:
+        super().__init__(f"No {what} with id '{stream_id[:100]}' (it may have expired, or "
+                         "belong to another client).", param="id")
+
+
+class EventsExpired(RequestError):
+    """A reader asked for events the stream's log no longer keeps."""
+
+    code = "events_expired"
+
+    def __init__(self, first_kept: int) -> None:
+        super().__init__(f"Events before sequence number {first_kept} are no longer kept; "
+                         f"resume from {first_kept - 1} or later.", param="starting_after")
 
 
 class UpstreamError(SluiceError):
@@ -168,6 +190,17 @@ class ShuttingDown(SluiceError):
     def __init__(self) -> None:
         super().__init__("The server is shutting down; retry the request.")
         self.retry_after = 1.0
+
+
+class StreamCancelled(SluiceError):
+    """A detached stream was stopped on purpose: a cancel request, or nobody came back."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "stream_cancelled"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"The stream was stopped: {reason}.")
 
 
 def error_object(error: SluiceError) -> dict[str, Any]:

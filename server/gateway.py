@@ -33,12 +33,21 @@ from werkzeug.exceptions import HTTPException
 from server.access_log import AccessLog
 from server.api.browser_chat import register_chat_api
 from server.api.chat_completions import ChatRequest, parse_chat_request
+from server.api.completions import register_completions_api
 from server.api.connection import SluiceHTTPConnection, StreamResponse
 from server.api.cors import install_cors
+from server.api.embeddings import register_embeddings_api
 from server.api.page import register_page
+from server.api.responses import register_responses_api
+from server.api.resume import (
+    RESUMABLE_HEADER,
+    register_resume_api,
+    resumable_chat,
+    wants_resumable,
+)
 from server.backends import open_backends
 from server.backends.http import api_key_from_env
-from server.config import Settings
+from server.config import Accepts, Settings
 from server.errors import (
     BodyTooLarge,
     ModelNotFound,
@@ -56,6 +65,7 @@ from server.limits.rate_limit import MemoryRateLimiter, RateLimiter
 from server.limits.routing import Route, candidates, make_routes
 from server.metrics import Metrics
 from server.serving.lifecycle import Lifecycle
+from server.stream.background import BackgroundStreams, watch_background
 from server.stream.channel import BodyWriter
 from server.stream.nursery import StreamPlan
 from server.stream.pump import PumpContext
@@ -88,6 +98,9 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     metrics = Metrics()
     gateway = Gateway(settings, metrics)
     app.extensions["sluice.gateway"] = gateway
+    background = BackgroundStreams(settings.resume)  # detached streams (server.stream.background)
+    watch_background(metrics, background)
+    app.extensions["sluice.background"] = background
 
     # The backends (and their idle connections) live as long as serving does. An exit
     # stack rather than a `while_serving` generator: a generator that is never
@@ -99,9 +112,11 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     async def open_serving() -> None:
         backends = await lifetime.enter_async_context(open_backends(settings, environ))
         gateway.routes = make_routes(backends, settings.breaker)
+        await app.nursery.start(background.serve)
 
     @app.after_serving
     async def close_serving() -> None:
+        await background.stop()  # detached streams end before the backends they use close
         gateway.routes = ()
         await lifetime.aclose()
 
@@ -118,6 +133,9 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     async def chat_completions() -> Response:
         received_at = trio.current_time()
         chat = parse_chat_request(await request.get_data(False, False, False))
+        if wants_resumable(request.headers.get(RESUMABLE_HEADER)):
+            return await resumable_chat(chat, received_at, settings, gateway.stream_response,
+                                        background)
         write_body: BodyWriter = write_sse if chat.stream else write_completion
         return await gateway.stream_response(chat, write_body, received_at,
                                              heartbeats=chat.stream)
@@ -169,6 +187,10 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         return _error_response(failure, logged=True)
 
     register_chat_api(app, settings, gateway.stream_response)  # POST /chat
+    register_responses_api(app, settings, gateway.stream_response, background)  # /v1/responses
+    register_resume_api(app, settings, background)  # resumable chat streams
+    register_completions_api(app, gateway.stream_response)  # POST /v1/completions
+    register_embeddings_api(app, gateway)  # POST /v1/embeddings
     register_page(app)  # GET /
     install_cors(app, settings.cors)
     app.extensions["sluice.metrics"] = metrics
@@ -196,12 +218,11 @@ class Gateway:
         metrics.watch(lambda: self.routes, self.slots, self.lifecycle)
         self.access_log = AccessLog(settings.logging.access_log, settings.logging.format)
 
-    async def stream_response(self, chat: ChatRequest, write_body: BodyWriter,
-                              received_at: float, *, heartbeats: bool) -> StreamResponse:
-        """Check the client's rate limit and the model, then plan the stream.
+    async def admit(self, model: str, accepts: Accepts | None = None) -> tuple[Route, ...]:
+        """The checks every request passes first: draining, the client's rate limit, the model.
 
-        ``heartbeats``: the body format shows it is alive during silence (an SSE
-        keepalive comment) every ``keepalive_interval``; a buffered one cannot.
+        Returns the routes serving ``model`` (only the backends ``accepts``
+        allows, when given: those that serve embeddings, say).
         """
         if self.lifecycle.draining:
             raise ShuttingDown()
@@ -211,9 +232,22 @@ class Gateway:
                 self.metrics.rate_limited.inc()
                 raise TooManyRequests("Rate limit exceeded for this client.",
                                       code="rate_limit_exceeded", retry_after=wait)
-        routes = candidates(self.routes, chat.model)
+        routes = candidates(self.routes, model)
+        if accepts is not None:
+            routes = tuple(route for route in routes if accepts(route.backend.settings))
         if not routes:
-            raise ModelNotFound(chat.model)
+            raise ModelNotFound(model)
+        return routes
+
+    async def stream_response(self, chat: ChatRequest, write_body: BodyWriter,
+                              received_at: float, *, heartbeats: bool,
+                              accepts: Accepts | None = None) -> StreamResponse:
+        """Check the client's rate limit and the model, then plan the stream.
+
+        ``heartbeats``: the body format shows it is alive during silence (an SSE
+        keepalive comment) every ``keepalive_interval``; a buffered one cannot.
+        """
+        routes = await self.admit(chat.model, accepts)
         admission = self.settings.admission
         plan = StreamPlan(
             request=chat,

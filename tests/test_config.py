@@ -13,6 +13,7 @@ from server.config import (
     DEFAULT_CONFIG,
     BackendSettings,
     ConfigError,
+    ResumeSettings,
     ServerSettings,
     Settings,
     SimulatedModel,
@@ -152,7 +153,8 @@ def test_default_config() -> None:
     settings = load_settings({})
     assert settings == parse_settings(tomllib.loads(DEFAULT_CONFIG))
     assert settings == Settings(backends=(
-        BackendSettings(name="simulated", kind="simulated", models=("sluice-sim",)),
+        BackendSettings(name="simulated", kind="simulated", models=("sluice-sim",),
+                        embeddings=True, completions=True),  # the simulated model can
     ))
     assert settings.model_names == ("sluice-sim",)
 
@@ -428,3 +430,22 @@ def test_logging_section() -> None:
         "logging.access_log: expected bool, got 'yes'")
     assert config_error({**with_simulated(), "logging": {"level": "info"}}) == (
         "logging.level: unknown setting")
+
+
+def test_resume_settings() -> None:
+    settings = parse_settings({"backends": [OPENAI], "resume": {
+        "retention": 0, "grace": 5, "max_events": 7, "max_bytes": 1000,
+        "max_retained_bytes": 5000}})
+    assert settings.resume == ResumeSettings(retention=0.0, grace=5.0, max_events=7,
+                                             max_bytes=1000, max_retained_bytes=5000)
+    assert parse_settings({"backends": [OPENAI]}).resume == ResumeSettings()
+
+
+@pytest.mark.parametrize(("resume", "message"), [
+    ({"grace": -1}, "resume.grace: must be ≥ 0, got -1"),
+    ({"max_events": 0}, "resume.max_events: must be > 0, got 0"),
+    ({"max_bytes": "1MB"}, "resume.max_bytes: expected an integer, got '1MB'"),
+    ({"retain": 1}, "resume.retain: unknown setting"),
+])
+def test_bad_resume_settings(resume: dict[str, Any], message: str) -> None:
+    assert config_error({"backends": [OPENAI], "resume": resume}) == message

@@ -47,7 +47,7 @@ from server.api.chat_completions import (
     parse_chat_request,
     required_field,
 )
-from server.config import Settings
+from server.config import Accepts, Settings
 from server.errors import RequestError
 from server.stream.channel import BodyWriter
 
@@ -62,7 +62,7 @@ class StreamOpener(Protocol):
     """
 
     def __call__(self, chat: ChatRequest, write_body: BodyWriter, received_at: float, *,
-                 heartbeats: bool) -> Awaitable[Response]: ...
+                 heartbeats: bool, accepts: Accepts | None = None) -> Awaitable[Response]: ...
 
 
 @dataclass(frozen=True, slots=True)

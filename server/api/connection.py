@@ -4,7 +4,9 @@ Quart sends ``http.response.start`` before it enters a response body, so a
 body that fails before its first byte could only ever be a 200. A view
 therefore returns a `StreamResponse` — a plan, not a body — and this
 connection class runs it with `serve_stream`, which sends the status only
-once it knows it (first content chunk, first keepalive, or the error).
+once it knows it (first content chunk, first keepalive, or the error). Any
+`LateResponse` is served this way: a reader of a detached stream
+(`server.api.detached`) is one too.
 
 It also turns hypercorn's ``http.disconnect`` into an event. quart-trio
 cancels the whole request task when the client leaves; here, while a stream
@@ -26,20 +28,36 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers import TrioResponse
 
 from server.metrics import Metrics
+from server.stream.late_status import Headers
 from server.stream.nursery import StreamPlan, serve_stream
 
 # Set by quart-trio/werkzeug from an empty body; a stream has no length.
 _NOT_FOR_STREAMS = frozenset({b"content-length", b"content-type"})
 
 
-class StreamResponse(TrioResponse):
+class LateResponse(TrioResponse):
+    """A response the connection serves itself, sending its status only once it knows it."""
+
+    def __init__(self) -> None:
+        super().__init__(b"")
+        self.timeout = None  # never Quart's RESPONSE_TIMEOUT: streams run for minutes
+
+    async def serve(self, send: ASGISendCallable, headers: Headers,
+                    client_gone: trio.Event) -> None:
+        raise NotImplementedError
+
+
+class StreamResponse(LateResponse):
     """What the chat view returns: the plan of a stream, run by `SluiceHTTPConnection`."""
 
     def __init__(self, plan: StreamPlan, metrics: Metrics) -> None:
-        super().__init__(b"")
+        super().__init__()
         self.plan = plan
         self.metrics = metrics
-        self.timeout = None  # never Quart's RESPONSE_TIMEOUT: streams run for minutes
+
+    async def serve(self, send: ASGISendCallable, headers: Headers,
+                    client_gone: trio.Event) -> None:
+        await serve_stream(self.plan, send, headers, client_gone, self.metrics)
 
 
 class SluiceHTTPConnection(TrioASGIHTTPConnection):
@@ -60,7 +78,7 @@ class SluiceHTTPConnection(TrioASGIHTTPConnection):
             nursery.cancel_scope.cancel("client disconnected")
 
     async def _send_response(self, send: ASGISendCallable, response: Any) -> None:
-        if not isinstance(response, StreamResponse):
+        if not isinstance(response, LateResponse):
             await super()._send_response(send, response)
             return
         self.streaming = True
@@ -69,4 +87,4 @@ class SluiceHTTPConnection(TrioASGIHTTPConnection):
             for name, value in response.headers.items()
             if name.lower().encode("latin-1") not in _NOT_FOR_STREAMS
         ]
-        await serve_stream(response.plan, send, headers, self.client_gone, response.metrics)
+        await response.serve(send, headers, self.client_gone)

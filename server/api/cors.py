@@ -13,7 +13,7 @@ A preflight (``OPTIONS`` with ``Access-Control-Request-Method``) is answered
 OpenAI-shaped error naming why (browsers only show "CORS error"; curl shows
 the reason). Actual responses from an allowed origin get
 ``Access-Control-Allow-Origin`` and ``Access-Control-Expose-Headers``
-(``X-Request-ID``, ``Retry-After``), so a page can read them.
+(``X-Request-ID``, ``Retry-After``, ``X-Sluice-Stream-ID``), so a page can read them.
 
 Streams are covered too: `server.api.connection` builds a stream's headers from the
 Quart response object *after* the ``after_request`` hooks ran, so an SSE
@@ -35,7 +35,7 @@ from quart import Quart, Response, request
 from server.config import CorsSettings
 from server.errors import http_error
 
-EXPOSED_HEADERS = "X-Request-ID, Retry-After"
+EXPOSED_HEADERS = "X-Request-ID, Retry-After, X-Sluice-Stream-ID"
 _PREFLIGHT_VARY = ("Vary", "Origin, Access-Control-Request-Method, Access-Control-Request-Headers")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 from server.api.chat_completions import ChatRequest
 from server.config import BackendSettings
@@ -27,3 +27,13 @@ class Backend(Protocol):
     def open_stream(
         self, request: ChatRequest
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...
+
+
+class EmbeddingBackend(Protocol):
+    """A backend that declares ``embeddings = true``: one JSON answer per request."""
+
+    settings: BackendSettings
+
+    async def embed(self, body: dict[str, Any]) -> bytes:
+        """The upstream's ``/embeddings`` answer (an OpenAI embeddings list, as JSON bytes)."""
+        ...

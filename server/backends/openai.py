@@ -6,7 +6,11 @@ The connection lives exactly as long as the ``async with`` of `open_stream`:
     async with backend.open_stream(request) as payloads:
         async for payload in payloads: ...        # chunk JSON, then b"[DONE]"
 
-The transport (timeouts, pools, error mapping) is `server.backends.http`.
+A backend that declares ``completions = true`` also streams ``/completions``
+(its chunks translated into chat chunks as they are read, see
+`server.api.completions`); one that declares ``embeddings = true`` answers
+`embed` from ``/embeddings``. The transport (timeouts, pools, error mapping)
+is `server.backends.http`.
 The client's own headers are never forwarded: the upstream key comes from
 the backend's ``api_key_env`` and goes nowhere else. The body sent is the
 client's, rendered for the upstream by `upstream_body` (as Ollama's is by
@@ -15,12 +19,16 @@ client's, rendered for the upstream by `upstream_body` (as Ollama's is by
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
+import orjson
+
 from server.api.chat_completions import ChatRequest
-from server.backends.http import BodyReader, HttpUpstream
+from server.api.completions import CompletionRequest, as_chat_chunk
+from server.backends.http import BodyReader, Decode, HttpUpstream
 from server.config import BackendSettings
 from server.errors import UpstreamUnavailable
 from server.sse import EventTooLarge, SSEDecoder
@@ -33,16 +41,44 @@ class OpenAIBackend:
         self._upstream = HttpUpstream.for_backend(
             settings, "/chat/completions", accept="text/event-stream", api_key=api_key,
             max_idle=max_idle)
+        # The legacy endpoints, for a backend that declares them (each with its own pool).
+        self._completions = HttpUpstream.for_backend(
+            settings, "/completions", accept="text/event-stream", api_key=api_key,
+            max_idle=max_idle) if settings.completions else None
+        self._embeddings = HttpUpstream.for_backend(
+            settings, "/embeddings", accept="application/json", api_key=api_key,
+            max_idle=max_idle) if settings.embeddings else None
 
     def close(self) -> None:
-        self._upstream.close()
+        for upstream in (self._upstream, self._completions, self._embeddings):
+            if upstream is not None:
+                upstream.close()
 
     @asynccontextmanager
     async def open_stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
         body = upstream_body(request, self.settings.upstream_model,
                              stream_options=self.settings.stream_options)
-        async with self._upstream.post(body, decode=_sse_payloads) as payloads:
+        upstream: HttpUpstream = self._upstream
+        decode: Decode = _sse_payloads
+        if isinstance(request, CompletionRequest):
+            assert self._completions is not None  # routed only to backends that declare it
+            upstream, decode = self._completions, partial(_sse_payloads,
+                                                          translate=as_chat_chunk)
+        async with upstream.post(body, decode=decode) as payloads:
             yield payloads
+
+    async def embed(self, body: dict[str, Any]) -> bytes:
+        assert self._embeddings is not None  # routed only to backends that declare it
+        async with self._embeddings.post(body, decode=_whole_body) as parts:
+            answer = b"".join([part async for part in parts])
+        try:
+            parsed = orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("data"), list):
+            raise UpstreamUnavailable("The upstream sent a malformed embeddings answer.",
+                                      detail=f"embeddings body: {answer[:200]!r}")
+        return answer
 
 
 def upstream_body(request: ChatRequest, model: str | None = None, *,
@@ -71,13 +107,19 @@ def upstream_body(request: ChatRequest, model: str | None = None, *,
         body = {**body, "continue_final_message": True, "add_generation_prompt": False}
     return body
 
+async def _whole_body(body: BodyReader) -> AsyncGenerator[bytes, None]:
+    async for raw in body:
+        yield raw
 
-async def _sse_payloads(body: BodyReader) -> AsyncGenerator[bytes, None]:
+
+async def _sse_payloads(body: BodyReader, translate: Callable[[bytes], bytes] | None = None
+                        ) -> AsyncGenerator[bytes, None]:
+    """The stream's event payloads; ``translate`` reshapes each (a ``/completions`` chunk)."""
     decoder = SSEDecoder()
     try:
         async for raw in body:
             for payload in decoder.feed(raw):
-                yield payload
+                yield payload if translate is None else translate(payload)
     except EventTooLarge as error:
         raise UpstreamUnavailable("The upstream sent a malformed stream.",
                                   detail=str(error)) from None

@@ -9,24 +9,32 @@ and tests repeatable; each has an id of its own, as a real server's does.
 A reply is whole sentences, about ``reply_tokens`` long, and finishes with
 ``"stop"``; ``max_tokens`` cuts it short with ``"length"``, as a model's
 token limit does. ``stream_options.include_usage`` adds the usage chunk.
+It also serves ``/v1/completions`` (the prompt seeds the same kind of reply)
+and ``/v1/embeddings`` (a deterministic unit vector per input).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import math
 import random
+import struct
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from functools import partial
 from typing import Any
 
+import orjson
 import trio
 
 from server.api.chat_completions import ChatRequest
 from server.chunks import chunk_bytes
 from server.config import BackendSettings
 from server.sse import DONE
+
+_EMBEDDING_SIZE = 16
 
 _SENTENCES = (
     "Sluice relays each token the moment the model produces it.",
@@ -53,6 +61,14 @@ def reply_tokens(messages: list[Any], count: int) -> list[str]:
     return [word if i == 0 else " " + word for i, word in enumerate(words)]
 
 
+def embedding(text: str, size: int) -> list[float]:
+    """A deterministic unit vector for ``text``: the same text, the same vector."""
+    rng = random.Random(hashlib.blake2b(text.encode(), digest_size=8).digest())
+    vector = [rng.gauss(0.0, 1.0) for _ in range(size)]
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
+
+
 def prompt_token_estimate(messages: list[Any]) -> int:
     """About one token per four characters of message content, as a rough count."""
     chars = sum(len(str(m.get("content") or "")) for m in messages if isinstance(m, dict))
@@ -69,9 +85,28 @@ class SimulatedBackend:
         async with aclosing(self._payloads(request)) as payloads:
             yield payloads
 
+    async def embed(self, body: dict[str, Any]) -> bytes:
+        """Deterministic unit vectors, one per input (``dimensions``, default 16)."""
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if inputs and isinstance(inputs[0], int):
+            inputs = [inputs]  # one input, as token ids
+        size = body.get("dimensions") or _EMBEDDING_SIZE
+        data = []
+        for index, item in enumerate(inputs):
+            vector = embedding(repr(item), size)
+            data.append({"object": "embedding", "index": index, "embedding": (
+                base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+                if body.get("encoding_format") == "base64" else vector)})
+        tokens = sum(len(item) if isinstance(item, list) else max(1, len(item) // 4)
+                     for item in inputs)
+        return orjson.dumps({"object": "list", "data": data, "model": body["model"],
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
     async def _payloads(self, request: ChatRequest) -> AsyncGenerator[bytes, None]:
         model = self.settings.simulated
-        messages: list[Any] = request.body["messages"]
+        # A /v1/completions request has a prompt: the same reply, seeded by it.
+        messages: list[Any] = request.body.get("messages") or [
+            {"role": "user", "content": request.body.get("prompt", "")}]
         tokens = reply_tokens(messages, model.reply_tokens)
         finish = "stop"
         if request.max_tokens is not None and request.max_tokens < len(tokens):

@@ -51,7 +51,11 @@ def may_continue(progress: StreamProgress, policy: RetryPolicy) -> bool:
 
 def continued(request: ChatRequest, progress: StreamProgress) -> ChatRequest:
     """The same request, asking the model to continue the text relayed so far as its answer."""
-    prefix = {"role": "assistant", "content": "".join(progress.text)}
+    text = "".join(progress.text)
+    prompt = request.body.get("prompt")
+    if isinstance(prompt, str):  # /v1/completions: the text so far ends the prompt
+        return replace(request, body={**request.body, "prompt": prompt + text})
+    prefix = {"role": "assistant", "content": text}
     body = {**request.body, "messages": [*request.body["messages"], prefix]}
     return replace(request, body=body, continues_answer=True)
 

@@ -64,8 +64,8 @@ async def serve_stream(
     extra_headers: Headers,
     client_gone: trio.Event,
     metrics: Metrics,
-) -> None:
-    """Run one stream in its own nursery and account for how it ended."""
+) -> SluiceError | None:
+    """Run one stream in its own nursery and account for how it ended; return its error."""
     progress = StreamProgress()
     response = LateStatusResponse(send, extra_headers)
     error: SluiceError | None = None
@@ -113,6 +113,7 @@ async def serve_stream(
             metrics.client_disconnects.inc()
         _record(plan, progress, outcome, error, metrics, response)
         plan.lifecycle.stream_ended(upstream)
+    return error
 
 
 # How long a stream cancelled from outside may take to tell its client why.

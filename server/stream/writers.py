@@ -30,17 +30,21 @@ from server.stream.late_status import LateStatusResponse
 
 
 async def write_sse(
-    items: trio.MemoryReceiveChannel[ChannelItem], response: LateStatusResponse
+    items: trio.MemoryReceiveChannel[ChannelItem], response: LateStatusResponse,
+    *, translate: Callable[[bytes], bytes] | None = None,
 ) -> SluiceError | None:
     """Relay chunks as SSE; return the error that ended the stream, if any.
 
     Whatever is already waiting in the channel is coalesced into one ASGI
     message: no added latency when the client keeps up, far fewer sends
-    (and syscalls) when it does not.
+    (and syscalls) when it does not. ``translate`` reshapes each chunk for a
+    dialect that is not chat's (``/v1/completions``).
     """
     with items:
         while True:
             payloads, end = await receive_batch(items)
+            if translate is not None:
+                payloads = [translate(payload) for payload in payloads]
             body = [frame(payload) for payload in payloads]
             if end is None:
                 await response.write(b"".join(body) if body else KEEPALIVE)

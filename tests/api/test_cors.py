@@ -44,7 +44,7 @@ def test_listed_origins_are_echoed_and_the_answer_varies_by_origin() -> None:
     assert response_headers(POLICY, APP) == [
         ("Vary", "Origin"),
         ("Access-Control-Allow-Origin", APP),
-        ("Access-Control-Expose-Headers", "X-Request-ID, Retry-After"),
+        ("Access-Control-Expose-Headers", "X-Request-ID, Retry-After, X-Sluice-Stream-ID"),
     ]
     assert response_headers(POLICY, EVIL) == [("Vary", "Origin")]
 

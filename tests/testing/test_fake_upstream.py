@@ -45,6 +45,7 @@ from server.testing.fake_upstream.http11 import (
     parse_head,
     response,
 )
+from server.testing.fake_upstream.legacy import plan_completion, plan_embeddings
 from server.testing.fake_upstream.ollama import OllamaChat, plan_ollama_chat
 from server.testing.fake_upstream.plan import (
     Control,
@@ -1491,3 +1492,39 @@ async def test_ollama_client_leaving_a_paced_stream_is_noticed_promptly(
     closed_at = fake.connections[0].closed_at
     assert closed_at is not None
     assert closed_at - left_at < CLOSE_BOUND
+
+
+# ------------------------------------------------------- /v1/completions, /v1/embeddings
+
+
+def test_a_completions_stream_and_its_faults() -> None:
+    body = {"model": "m", "prompt": "two words", "stream": True,
+            "stream_options": {"include_usage": True}}
+    wire = decode(plan_completion(Scenario(tokens=3), body, facts()))
+    parsed = chunks_of(wire.body)
+    assert [c["choices"][0]["text"] for c in parsed[:-1]] == ["t0 ", "t1 ", "t2 ", ""]
+    assert parsed[-2]["choices"][0]["finish_reason"] == "stop"
+    assert parsed[0]["object"] == "text_completion"
+    assert parsed[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 3,
+                                   "total_tokens": 5}
+    assert payloads(wire.body)[-1] == b"[DONE]" and wire.complete
+    cut = decode(plan_completion(Scenario(tokens=3, cut_after=1), body, facts()))
+    assert len(chunks_of(cut.body)) == 1 and cut.controls == [Control.CUT]
+    refused = decode(plan_completion(Scenario(status=429, retry_after=2), body, facts()))
+    assert (refused.status, refused.headers["retry-after"]) == (429, "2")
+
+
+def test_a_whole_completion_and_embeddings() -> None:
+    whole = decode(plan_completion(Scenario(tokens=2), {"prompt": "x", "max_tokens": 1},
+                                   facts()))
+    answer = json.loads(whole.body)
+    assert answer["choices"][0]["text"] == "t0 "
+    assert answer["choices"][0]["finish_reason"] == "length"
+    embedded = json.loads(decode(plan_embeddings(
+        Scenario(), {"model": "e", "input": ["ab", "c d e"]}, facts())).body)
+    assert [d["embedding"] for d in embedded["data"]] == [[2.0, 0.0, 0.5, 0.25],
+                                                          [5.0, 1.0, 0.5, 0.25]]
+    assert embedded["usage"]["prompt_tokens"] == 4 and embedded["model"] == "e"
+    assert decode(plan_embeddings(Scenario(status=500), {"input": "x"}, facts())).status == 500
+    with pytest.raises(InvalidChatRequest):
+        plan_completion(Scenario(), {"prompt": "x", "stream": "yes"}, facts())

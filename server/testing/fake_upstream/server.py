@@ -13,9 +13,10 @@ gateway at `base_url`, then assert on what it recorded (`requests`,
         await upstream.wait_all_closed()
 
 Each ``POST /v1/chat/completions`` — or ``POST /api/chat``, the Ollama mode
-(`server.testing.fake_upstream.ollama`; its base URL is `origin`) — takes the next
-scenario from `script` (FIFO), or `scenario` once the script is empty; other
-endpoints ignore both. Each
+(`server.testing.fake_upstream.ollama`; its base URL is `origin`), or
+``/v1/completions`` and ``/v1/embeddings`` (`server.testing.fake_upstream.legacy`)
+— takes the next scenario from `script` (FIFO), or `scenario` once the script
+is empty; other endpoints ignore both. Each
 connection is one task: it reads a request, routes it to a `plan`, and plays
 the plan with `playback.play`, whose watcher notices the peer leaving.
 """
@@ -39,6 +40,7 @@ from server.testing.fake_upstream.http11 import (
     receive_request,
     response,
 )
+from server.testing.fake_upstream.legacy import plan_completion, plan_embeddings
 from server.testing.fake_upstream.ollama import OllamaChat, plan_ollama_chat, tags_body
 from server.testing.fake_upstream.ollama import error_body as ollama_error_body
 from server.testing.fake_upstream.plan import JSON, ResponseFacts, Step, plan_chat, plan_json
@@ -49,6 +51,8 @@ from server.testing.fake_upstream.scenario import Scenario
 
 CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
+COMPLETIONS_PATH = "/v1/completions"
+EMBEDDINGS_PATH = "/v1/embeddings"
 OLLAMA_CHAT_PATH = "/api/chat"
 OLLAMA_TAGS_PATH = "/api/tags"
 
@@ -181,6 +185,20 @@ class FakeUpstream:
                 keep_alive=keep_alive,
             )
             return plan_chat(scenario, chat, facts)
+        if request.path in (COMPLETIONS_PATH, EMBEDDINGS_PATH):
+            if request.method != "POST":
+                return _error(405, f"use POST for {request.path}", keep_alive)
+            if body is None:
+                return _error(400, "request body must be a JSON object", keep_alive)
+            scenario = self.script.popleft() if self.script else self.scenario
+            facts = ResponseFacts(completion_id=f"cmpl-fake-{len(self.requests)}",
+                                  created=int(time.time()), keep_alive=keep_alive)
+            plan = plan_completion if request.path == COMPLETIONS_PATH else plan_embeddings
+            try:
+                return plan(scenario, body, facts)
+            except InvalidChatRequest as exc:
+                return plan_json(400, error_body(400, exc.message, param=exc.param),
+                                 keep_alive=keep_alive)
         if request.path == MODELS_PATH:
             if request.method != "GET":
                 return _error(405, f"use GET for {MODELS_PATH}", keep_alive)

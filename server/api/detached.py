@@ -1,0 +1,104 @@
+"""The API side of detached streams: who owns one, how one is started, how a client reads one.
+
+Both dialects that can outlive a connection use these pieces — background
+responses (`server.api.responses`) and resumable chat streams
+(`server.api.resume`):
+
+    owner = owner_of(request.headers.get("authorization"))
+    planned = await stream_response(chat, partial(write_log, log=..., shaper=...), ...)
+    background.start(stream, detached(planned))          # the producer, in the background nursery
+    return TailResponse(stream, after=-1, ...)          # this client reads it, like any later one
+
+**Ownership.** Only the client that started a stream may read or cancel it.
+Until Sluice has API keys of its own, a stream is bound to what the client
+sent: the hash of its ``Authorization`` header (when it sent one) and the
+stream's id, 128 random bits that only that client was told. `owner_of` is
+the one place to change when keys land: return the key's id instead. A
+stream that is not the caller's is answered exactly like one that does not
+exist (404), so ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from hypercorn.typing import ASGISendCallable
+from quart import Response
+
+from server.api.connection import LateResponse, StreamResponse
+from server.errors import RequestError, SluiceError
+from server.stream.background import DetachedStream, Producer
+from server.stream.late_status import Headers
+from server.stream.nursery import serve_stream
+from server.stream.tail import TailPlan, serve_tail
+
+
+def owner_of(authorization: str | None) -> str:
+    """Who is asking (from the request's ``Authorization``), as a detached stream records it.
+
+    The hook for API keys: when they land, return ``"key:" + key_id`` here.
+    """
+    if not authorization:
+        return "anonymous"  # the unguessable id alone guards the stream
+    return "auth:" + hashlib.blake2b(authorization.encode(), digest_size=16).hexdigest()
+
+
+def detached(planned: Response) -> Producer:
+    """A planned stream (`Gateway.stream_response`'s answer) as a producer of a detached stream.
+
+    It has no connection to write to; ``client_gone`` is the stream's own
+    (set when it is abandoned).
+    """
+    assert isinstance(planned, StreamResponse)
+
+    async def produce(client_gone: trio.Event) -> SluiceError | None:
+        return await serve_stream(planned.plan, _nowhere, [], client_gone, planned.metrics)
+
+    return produce
+
+
+async def _nowhere(message: Any) -> None:
+    """A detached stream's own response goes nowhere: its writer fills a log instead."""
+
+
+class TailResponse(LateResponse):
+    """One client reading a detached stream, from after ``after``; the view's answer."""
+
+    def __init__(self, stream: DetachedStream, after: int, *,
+                 keepalive_interval: float | None,
+                 lost: Callable[[SluiceError], bytes]) -> None:
+        super().__init__()
+        self.plan = TailPlan(stream.log, after, keepalive_interval, lost)
+        self.stream = stream
+
+    async def serve(self, send: ASGISendCallable, headers: Headers,
+                    client_gone: trio.Event) -> None:
+        stream = self.stream
+
+        async def send_noting_delivery(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                stream.delivered = True  # the status line carries the stream's id
+            await send(message)
+
+        with stream.reading():
+            await serve_tail(self.plan, send_noting_delivery, headers, client_gone)
+
+
+def starting_after(value: str | None, param: str, stream: DetachedStream) -> int:
+    """A client's "the last event I have" (``-1``: none); a 400 for what cannot be one."""
+    if value is None or value == "":
+        return -1
+    try:
+        after = int(value)
+    except ValueError:
+        after = -2
+    if after < -1:
+        raise RequestError(f"'{param}' must be an integer ≥ -1.", param=param,
+                           code="invalid_value")
+    if after >= stream.log.next:
+        raise RequestError(f"'{param}' is {after}, but the stream has only sent up to "
+                           f"{stream.log.next - 1}.", param=param, code="invalid_value")
+    return after

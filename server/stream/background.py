@@ -1,0 +1,293 @@
+"""Detached streams: producers that outlive their client's connection, in one background nursery.
+
+A background response (``/v1/responses`` with ``background: true``) or a
+resumable chat stream is not written to a connection. Its producer — the
+usual stream nursery of `serve_stream`, with the pump, admission, timers and
+metrics — writes into an `EventLog` instead, through `write_log`, and runs in
+the *background nursery* owned by `BackgroundStreams`; clients read the log
+with `server.stream.tail`, as often as they like:
+
+    background = BackgroundStreams(settings.resume, metrics)
+    await app.nursery.start(background.serve)     # before serving: the nursery opens
+    stream = background.add(DetachedStream(id, "chat", owner, log, shaper, grace=60))
+    background.start(stream, run_producer)       # run_producer(client_gone) -> error
+    ...
+    await background.stop()                      # after serving, before the backends close
+
+Who ends a detached stream:
+- the stream itself, complete or failed (its log gets the dialect's end);
+- `DetachedStream.cancel` (a client's cancel request): its scope is
+  cancelled with the reason, the upstream connection closes as the pump's
+  ``async with`` is left;
+- the grace period (resumable chat streams only): when no client has read
+  it for ``grace`` seconds — or its only client left before it was told the
+  stream's id — ``client_gone`` is set and the stream ends as a relayed one
+  does when its client leaves;
+- the drain at shutdown (the lifecycle reaches the pump's upstream scope)
+  and, last, `stop`, which cancels the whole background nursery.
+
+After its end a stream's log is kept ``retention`` seconds for late readers,
+then dropped; the oldest finished logs are dropped early when the finished
+logs together pass ``max_retained_bytes``. Each stream's task sleeps out its
+own retention, so nothing polls.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import trio
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from trio_util import AsyncValue
+
+from server.config import ResumeSettings
+from server.errors import ShuttingDown, SluiceError
+from server.metrics import Metrics
+from server.stream.channel import ChannelItem
+from server.stream.event_log import EventLog
+from server.stream.late_status import LateStatusResponse
+from server.stream.writers import receive_batch
+
+log = logging.getLogger("sluice.background")
+
+# How long `stop` waits for the cancelled producers to finish their (synchronous) cleanup.
+_STOP_BOUND = 5.0
+
+StreamKind = Literal["response", "chat"]
+Producer = Callable[[trio.Event], Awaitable[SluiceError | None]]
+
+
+class LogShaper(Protocol):
+    """A dialect's events, framed for the wire, for one detached stream."""
+
+    def chunk(self, payload: bytes) -> list[bytes]:
+        """The events for one upstream chunk (maybe none)."""
+
+    def end(self, error: SluiceError | None) -> list[bytes]:
+        """The last events: the clean end, or the in-band error."""
+
+    def cancelled(self, reason: str) -> list[bytes]:
+        """The last events of a stream stopped on purpose."""
+
+
+async def write_log(
+    items: trio.MemoryReceiveChannel[ChannelItem],
+    response: LateStatusResponse,
+    *,
+    log: EventLog,
+    shaper: LogShaper,
+) -> SluiceError | None:
+    """The producer's `BodyWriter`: each chunk's events go into the log, never to a client.
+
+    ``response`` is unused: a detached stream has no connection; its readers
+    send their own statuses (`server.stream.tail`).
+    """
+    with items:
+        while True:
+            payloads, end = await receive_batch(items)
+            for payload in payloads:
+                log.extend(shaper.chunk(payload))
+            if end is not None:
+                end_log(log, shaper, end.error)
+                return end.error
+
+
+def end_log(log: EventLog, shaper: LogShaper, error: SluiceError | None) -> None:
+    """Close the log: with the dialect's end, or — before any event — with the bare error."""
+    if error is not None and not log.next:
+        log.fail(error)  # nothing was sent: a reader can still answer with a real status
+    else:
+        log.extend(shaper.end(error))
+        log.close()
+
+
+@dataclass(eq=False)
+class DetachedStream:
+    """One detached stream: its log, who may read it, and the handles that end it."""
+
+    id: str
+    kind: StreamKind
+    owner: str  # whoever started it (`server.api.ownership`); only they may read or cancel
+    log: EventLog
+    shaper: LogShaper
+    grace: float | None  # unread this long → abandoned; None: runs on regardless
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    client_gone: trio.Event = field(default_factory=trio.Event)  # set when abandoned
+    readers: AsyncValue[int] = field(default_factory=lambda: AsyncValue(0))
+    delivered: bool = False  # some reader got a status line, and so the stream's id
+    stop_reason: str | None = None
+    finished_at: float | None = None
+    retention: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def cancel(self, reason: str) -> None:
+        """Stop the producer now; its log ends with the dialect's cancelled events."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.scope.cancel(reason)
+
+    def abandon(self, reason: str) -> None:
+        """End it as a relayed stream ends when its client leaves."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.client_gone.set()
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Count a reader: while one reads, the grace period does not run."""
+        self.readers.value += 1
+        try:
+            yield
+        finally:
+            self.readers.value -= 1
+            if not self.readers.value and not self.delivered and self.grace is not None:
+                # Its id never reached anyone: nobody can resume it.
+                self.abandon("the client left before the stream's id was sent")
+
+
+class BackgroundStreams:
+    """The background nursery and the detached streams it holds, by id."""
+
+    def __init__(self, settings: ResumeSettings) -> None:
+        self.settings = settings
+        self._streams: dict[str, DetachedStream] = {}
+        self._finished: OrderedDict[str, DetachedStream] = OrderedDict()
+        self.finished_bytes = 0
+        self._nursery: trio.Nursery | None = None
+        self._stopping = trio.Event()
+        self._stopped = trio.Event()
+
+    @staticmethod
+    def new_id(prefix: str) -> str:
+        """An id nobody can guess (128 random bits): knowing it is part of owning the stream."""
+        return prefix + secrets.token_hex(16)
+
+    @property
+    def live(self) -> int:
+        return len(self._streams) - len(self._finished)
+
+    @property
+    def retained(self) -> int:
+        return len(self._finished)
+
+    def live_bytes(self) -> int:
+        return sum(s.log.bytes for s in self._streams.values() if s.finished_at is None)
+
+    async def serve(self, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the background nursery open until `stop`."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._stopping.wait()
+                nursery.cancel_scope.cancel("server shutting down")
+        finally:
+            self._nursery = None
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Cancel every detached stream and wait (bounded) until they have ended."""
+        self._stopping.set()
+        with trio.move_on_after(_STOP_BOUND, shield=True):
+            await self._stopped.wait()
+
+    def add(self, stream: DetachedStream) -> DetachedStream:
+        self._streams[stream.id] = stream
+        return stream
+
+    def get(self, kind: StreamKind, stream_id: str, owner: str) -> DetachedStream | None:
+        """The stream, if it exists, is of ``kind`` and belongs to ``owner``; else None."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.kind != kind or not secrets.compare_digest(stream.owner,
+                                                                              owner):
+            return None
+        return stream
+
+    def start(self, stream: DetachedStream, produce: Producer) -> None:
+        """Run ``produce`` (given the stream's ``client_gone``) in the background nursery."""
+        if self._nursery is None:
+            self._streams.pop(stream.id, None)
+            raise ShuttingDown()
+        self._nursery.start_soon(self._keep, stream, produce, name=f"detached {stream.id}")
+
+    async def _keep(self, stream: DetachedStream, produce: Producer) -> None:
+        """One stream's whole stay: produce, end the log however it stopped, retain, drop."""
+        error: SluiceError | None = None
+        try:
+            with stream.scope:
+                async with trio.open_nursery() as nursery:
+                    if stream.grace is not None:
+                        nursery.start_soon(_abandon_unread, stream)
+                    error = await produce(stream.client_gone)
+                    nursery.cancel_scope.cancel()  # the stream is over: stop its grace clock
+        finally:
+            if not stream.log.closed:  # stopped from outside: its writer never wrote the end
+                if error is None and stream.stop_reason is None:
+                    error = ShuttingDown()  # the background nursery itself was cancelled
+                if error is not None:
+                    end_log(stream.log, stream.shaper, error)
+                else:
+                    stream.log.extend(stream.shaper.cancelled(stream.stop_reason or "cancelled"))
+                    stream.log.close()
+            self._finish(stream)
+        with stream.retention:
+            await trio.sleep(self.settings.retention)
+        self._drop(stream)
+
+    def _finish(self, stream: DetachedStream) -> None:
+        stream.finished_at = trio.current_time()
+        if stream.id not in self._streams:
+            return
+        self._finished[stream.id] = stream
+        self.finished_bytes += stream.log.bytes
+        while self.finished_bytes > self.settings.max_retained_bytes and len(self._finished) > 1:
+            oldest = next(iter(self._finished.values()))
+            log.info("dropping stream %s early: retained logs exceed %d bytes", oldest.id,
+                     self.settings.max_retained_bytes)
+            self._drop(oldest)
+            oldest.retention.cancel()
+
+    def _drop(self, stream: DetachedStream) -> None:
+        self._streams.pop(stream.id, None)
+        if self._finished.pop(stream.id, None) is not None:
+            self.finished_bytes -= stream.log.bytes
+
+
+async def _abandon_unread(stream: DetachedStream) -> None:
+    """The grace period: nobody has read the stream for ``grace`` seconds → abandon it."""
+    assert stream.grace is not None
+    await stream.readers.wait_value(0, held_for=stream.grace)
+    stream.abandon(f"no client read the stream for {stream.grace:g} s")
+
+
+def watch_background(metrics: Metrics, background: BackgroundStreams) -> None:
+    """Export the background nursery's gauges, read at scrape time."""
+    metrics.registry.register(_BackgroundGauges(background))
+
+
+class _BackgroundGauges(Collector):
+    def __init__(self, background: BackgroundStreams) -> None:
+        self._background = background
+
+    def collect(self) -> Iterator[Metric]:
+        background = self._background
+        streams = GaugeMetricFamily(
+            "sluice_detached_streams", "Detached streams (background responses, resumable "
+            "chat streams): producing, or finished and kept for late readers.",
+            labels=["state"])
+        streams.add_metric(["live"], background.live)
+        streams.add_metric(["retained"], background.retained)
+        yield streams
+        held = GaugeMetricFamily(
+            "sluice_detached_stream_bytes", "Bytes of events held in detached streams' logs.",
+            labels=["state"])
+        held.add_metric(["live"], background.live_bytes())
+        held.add_metric(["retained"], background.finished_bytes)
+        yield held
