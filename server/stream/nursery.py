@@ -98,9 +98,11 @@ async def serve_stream(
         outcome = "client_disconnect" if client_gone.is_set() and not response.complete \
             else stream_outcome(error)
     except BaseException:
-        # Cancelled from outside (hypercorn's graceful timeout ran out): never end silently.
-        if trio.current_effective_deadline() == -math.inf and not client_gone.is_set() \
-                and not response.complete:
+        # Cancelled from outside while the worker shuts down (hypercorn's graceful timeout
+        # ran out): never end silently. (A detached stream cancelled on purpose ends its own
+        # way, `server.stream.background`.)
+        if plan.lifecycle.draining and trio.current_effective_deadline() == -math.inf \
+                and not client_gone.is_set() and not response.complete:
             with trio.move_on_after(LAST_WORD_SECONDS, shield=True):
                 error, outcome = await _last_word(plan, response), "shutdown"
         raise

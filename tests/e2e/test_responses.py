@@ -104,7 +104,7 @@ async def test_the_embedded_simulated_model_serves_the_stream_helper() -> None:
             sdk.responses.stream(model="sluice-sim", input="hi") as stream:
         deltas = [e async for e in stream if e.type == "response.output_text.delta"]
         final = await stream.get_final_response()
-    assert len(deltas) == 9
+    assert len(deltas) >= 9  # whole sentences of at least reply_tokens words
     assert final.output_text == "".join(d.delta for d in deltas)
 
 
