@@ -22,6 +22,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
+from server.keys.settings import AuthSettings, parse_auth
+from server.limits.state_settings import StateSettings, parse_state
+
 BackendKind = Literal["openai", "simulated", "ollama"]
 BACKEND_KINDS: tuple[BackendKind, ...] = ("openai", "simulated", "ollama")
 Continuation = Literal["none", "prefill"]
@@ -151,6 +154,8 @@ class Settings:
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
     chat: ChatApiSettings = field(default_factory=ChatApiSettings)
+    state: StateSettings = field(default_factory=StateSettings)  # server.limits.state_settings
+    auth: AuthSettings = field(default_factory=AuthSettings)  # server.keys.settings
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -186,6 +191,8 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
     admission = _admission(table.table("admission"))
     cors = _cors(table.table("cors"))
     chat_table = table.table("chat")  # read once the backends are known
+    state = parse_state(table.table("state"))
+    auth = parse_auth(table.table("auth"))
     raw_backends: list[Any] | None = table.take("backends", list, None)
     table.finish()
     if not raw_backends:
@@ -200,7 +207,7 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
             raise ConfigError(f"backends[{i}].name: duplicate backend name {name!r}")
     return Settings(backends=backends, server=server, timeouts=timeouts, retry=retry,
                     breaker=breaker, admission=admission, cors=cors,
-                    chat=_chat(chat_table, backends))
+                    chat=_chat(chat_table, backends), state=state, auth=auth)
 
 
 def _server(table: _Table) -> ServerSettings:
