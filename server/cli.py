@@ -2,6 +2,7 @@
 
     sluice serve [--config FILE] [--bind HOST:PORT] [--workers N] [--log-level LEVEL]
     sluice fake-upstream [--port 9000] [--scenario tokens=20,tps=50,...]
+    sluice keys {new,create,list,show,update,revoke,usage} ...   (server.keys.cli)
 
 ``serve`` runs `server.app:app` through hypercorn's trio worker, with the
 settings of `server.serving.launch.hypercorn_config`. The configuration is checked
@@ -33,10 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     fake = commands.add_parser("fake-upstream", help="run the fault-injecting fake model server")
     fake_cli.add_arguments(fake)
 
+    from server.keys import cli as keys_cli
+
+    keys = commands.add_parser("keys", help="make API keys; manage run-time keys in Redis")
+    keys_cli.add_arguments(keys)
+
     args = parser.parse_args(argv)
     if args.command == "fake-upstream":
         fake_cli.run_from_args(args)
         return 0
+    if args.command == "keys":
+        return keys_cli.run_from_args(args)
     return _serve(args)
 
 

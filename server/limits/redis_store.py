@@ -71,8 +71,12 @@ async def open_redis_store(settings: StateSettings) -> AsyncIterator[RedisStore]
         settings.url, decode_responses=True, connect_timeout=settings.connect_timeout,
         stream_timeout=settings.timeout, max_connections=settings.max_connections)
     async with client:
-        yield RedisStore(client, prefix=settings.prefix, timeout=settings.timeout,
-                         lease_seconds=settings.lease_seconds)
+        store = RedisStore(client, prefix=settings.prefix, timeout=settings.timeout,
+                           lease_seconds=settings.lease_seconds)
+        try:
+            yield store
+        finally:
+            store.closed = True  # a request ending late fails cleanly, not on a closed pool
 
 
 class RedisStore:
@@ -85,6 +89,7 @@ class RedisStore:
         self._admit = client.register_script(ADMIT)
         self._settle = client.register_script(SETTLE)
         self._renew = client.register_script(RENEW)
+        self.closed = False
 
     def _key(self, principal: str, what: str) -> str:
         return f"{self._root}:{{{principal}}}:{what}"
@@ -97,6 +102,8 @@ class RedisStore:
     @contextmanager
     def _bound(self, what: str) -> Iterator[None]:
         """Bound the block by ``timeout``; its failures become `StoreUnavailable`."""
+        if self.closed:
+            raise StoreUnavailable(f"redis {what}: the store is closed")
         try:
             with trio.fail_after(self._timeout):
                 yield

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -44,7 +45,14 @@ from server.stream.channel import HEARTBEAT, BodyWriter, ChannelItem
 from server.stream.late_status import ASGISend, Headers, LateStatusResponse
 from server.stream.pump import PumpContext, PumpStats, pump_upstream
 
+if TYPE_CHECKING:
+    from server.keys.gate import Ticket
+
 log = logging.getLogger("sluice.stream")
+
+# The most an API key's settlement may hold up the end of a stream's task.
+SETTLE_BOUND = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class StreamPlan:
@@ -60,6 +68,7 @@ class StreamPlan:
     buffer: int  # channel size between the upstream reader and the writer
     write_body: BodyWriter  # the response's format: SSE chunks, one completion, ...
     keepalive_interval: float | None  # silence before a heartbeat; None: the format has none
+    ticket: Ticket | None = None  # an API key's admission: settled from usage at the end
 
 
 async def serve_stream(
@@ -109,7 +118,12 @@ async def serve_stream(
         if outcome == "client_disconnect":
             metrics.client_disconnects.inc()
         _record(plan, stats, outcome, error, metrics)
-        plan.lifecycle.stream_ended(upstream)
+        try:
+            if plan.ticket is not None:  # whatever ended the stream; before a drain ends
+                with trio.move_on_after(SETTLE_BOUND, shield=True):
+                    await plan.ticket.settle(stats.chunks, outcome)
+        finally:
+            plan.lifecycle.stream_ended(upstream)
 
 
 async def watch_stream(
