@@ -132,8 +132,13 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     @app.get("/v1/models")
     async def list_models() -> Response:
+        names = settings.model_names
+        if settings.auth.required:  # a key sees what it may use (401 without one)
+            if gateway.gate is None:
+                raise ShuttingDown()
+            names = (await gateway.gate.directory.authenticate(request.headers)).visible(names)
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "sluice"}
-                for name in settings.model_names]
+                for name in names]
         return _json({"object": "list", "data": data})
 
     @app.get("/healthz")

@@ -71,6 +71,12 @@ class KeyRecord:
             return None
         return served
 
+    def visible(self, served: tuple[str, ...]) -> tuple[str, ...]:
+        """What ``/v1/models`` shows this key: the served names it may use, then its aliases."""
+        names = [name for name in served if self.resolve(name) == name]
+        names += [alias for alias in self.aliases if self.resolve(alias) is not None]
+        return tuple(dict.fromkeys(names))
+
     def public(self) -> dict[str, Any]:
         """What the admin API shows: everything but the hash."""
         document = self.document()

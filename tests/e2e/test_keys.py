@@ -8,6 +8,7 @@ clients: httpx and the openai SDK.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -38,6 +39,15 @@ def keyed_settings(upstream_url: str, keys: dict[str, tuple[NewKey, dict[str, An
     if state is not None:
         document["state"] = state
     return parse_settings(document)
+
+
+@asynccontextmanager
+async def sluice_with_key(upstream: FakeUpstream,
+                          **fields: Any) -> AsyncIterator[tuple[RunningSluice, NewKey]]:
+    """Sluice with one key in the file, named "a", with these fields."""
+    key = new_key()
+    async with running_sluice(keyed_settings(upstream.base_url, {"a": (key, fields)})) as sluice:
+        yield sluice, key
 
 
 def bearer(key: NewKey | str) -> dict[str, str]:
@@ -121,6 +131,9 @@ async def test_models_and_aliases(upstream: FakeUpstream, client: httpx.AsyncCli
         assert aliased.status_code == 200
         assert upstream.requests[-1].json is not None
         assert upstream.requests[-1].json["model"] == "llama3"  # served under its real name
+        assert (await client.get(sluice.base_url + "/v1/models")).status_code == 401
+        models = await client.get(sluice.base_url + "/v1/models", headers=bearer(key))
+        assert [m["id"] for m in models.json()["data"]] == ["gpt-4o"]  # "*" names nothing
         assert sluice.sample("sluice_key_forbidden_total", key="a") == 1
 
 
@@ -142,9 +155,7 @@ async def test_usage_is_asked_of_the_upstream_and_shown_only_to_who_asked(
 
 async def test_tokens_are_reserved_and_refunded_from_real_usage(
         upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
-    key = new_key()
-    settings = keyed_settings(upstream.base_url, {"a": (key, {"tpm": 1000})})
-    async with running_sluice(settings) as sluice:
+    async with sluice_with_key(upstream, tpm=1000) as (sluice, key):
         url = sluice.base_url + URL
         first = await client.post(url, json=chat_body(max_tokens=600), headers=bearer(key))
         assert first.status_code == 200  # reserved ~605 of 1000; used 1 + 5
@@ -169,10 +180,8 @@ async def test_tokens_are_reserved_and_refunded_from_real_usage(
 
 async def test_a_stream_slot_is_held_until_the_stream_ends(
         upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
-    key = new_key()
-    settings = keyed_settings(upstream.base_url, {"a": (key, {"max_streams": 1})})
     upstream.scenario = Scenario(tokens=50, tps=100)
-    async with running_sluice(settings) as sluice:
+    async with sluice_with_key(upstream, max_streams=1) as (sluice, key):
         url = sluice.base_url + URL
         async with client.stream("POST", url, json=chat_body(), headers=bearer(key)) as held:
             assert held.status_code == 200
@@ -189,9 +198,7 @@ async def test_a_stream_slot_is_held_until_the_stream_ends(
 
 async def test_a_spent_budget_is_429_until_the_period_ends(
         upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
-    key = new_key()
-    settings = keyed_settings(upstream.base_url, {"a": (key, {"daily_tokens": 10})})
-    async with running_sluice(settings) as sluice:
+    async with sluice_with_key(upstream, daily_tokens=10) as (sluice, key):
         url = sluice.base_url + URL
         statuses = []
         for _ in range(3):  # each uses 1 + 5 tokens: the third finds 12 used of 10

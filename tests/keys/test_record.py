@@ -62,6 +62,13 @@ def test_models_and_aliases() -> None:
     assert limited.resolve("qwen") is None
 
 
+def test_a_key_sees_the_models_it_may_use() -> None:
+    served = ("llama3", "qwen", "mixtral")
+    assert _record().visible(served) == served
+    limited = _record(models=["llama3", "qwen"], aliases={"gpt-4o": "llama3", "big": "mixtral"})
+    assert limited.visible(served) == ("llama3", "qwen", "gpt-4o")
+
+
 def test_active_until_revoked_or_expired() -> None:
     assert _record().active(now=1e12)
     assert not _record(expires_at=100).active(now=100)
