@@ -30,7 +30,9 @@ from typing import Any, TypeVar
 import anyio
 import coredis
 import trio
-from coredis.exceptions import RedisError
+from coredis.commands.script import Script
+from coredis.exceptions import ConnectionError as RedisConnectionError
+from coredis.exceptions import NoScriptError, RedisError
 
 from server.keys.record import KeyRecord
 from server.limits.state_settings import StateSettings
@@ -67,9 +69,11 @@ async def open_redis_store(settings: StateSettings) -> AsyncIterator[RedisStore]
     Nothing connects here: the first command does, so a Redis that is down at
     start-up does not stop the gateway (its calls fail until Redis is back).
     """
+    # No stream_timeout: every call is bounded by our own `timeout` (`_bound`), and
+    # coredis would add a cancel scope of its own to each reply it waits for.
     client: coredis.Redis[str] = coredis.Redis.from_url(
         settings.url, decode_responses=True, connect_timeout=settings.connect_timeout,
-        stream_timeout=settings.timeout, max_connections=settings.max_connections)
+        max_connections=settings.max_connections)
     async with client:
         store = RedisStore(client, prefix=settings.prefix, timeout=settings.timeout,
                            lease_seconds=settings.lease_seconds)
@@ -112,7 +116,7 @@ class RedisStore:
 
     async def admit(self, admission: Admission) -> Verdict:
         p, quota, periods = admission.principal, admission.quota, admission.periods
-        reply: list[Any] = await self._bounded("admit", self._admit(
+        reply: list[Any] = await self._bounded("admit", self._eval(self._admit,
             [self._key(p, "key"), self._key(p, "tat"), self._key(p, "bucket"),
              self._key(p, "leases"), self._key(p, f"budget:daily_tokens:{periods.day}"),
              self._key(p, f"budget:monthly_tokens:{periods.month}"),
@@ -132,7 +136,7 @@ class RedisStore:
     async def settle(self, settlement: Settlement) -> None:
         admission, usage = settlement.admission, settlement.usage
         p, quota, periods = admission.principal, admission.quota, admission.periods
-        await self._bounded("settle", self._settle(
+        await self._bounded("settle", self._eval(self._settle,
             [self._key(p, "bucket"), self._key(p, "leases"), self._key(p, "released"),
              self._key(p, f"budget:daily_tokens:{periods.day}"),
              self._key(p, f"budget:monthly_tokens:{periods.month}"),
@@ -143,6 +147,35 @@ class RedisStore:
              int(bool(quota.monthly_tokens)), int(bool(quota.monthly_spend)),
              repr(usage.spend - admission.spend), settlement.model, usage.prompt_tokens,
              usage.completion_tokens, int(usage.cut), repr(usage.spend)]))
+
+    async def _eval(self, script: Script[str], keys: list[str], args: list[Any]) -> Any:
+        """``EVALSHA`` straight on a pooled connection, for the two calls of every request.
+
+        coredis's own command path (retry policy, telemetry span, type adapters,
+        response callbacks) cost ~0.2 ms of CPU more per call, sequential, and
+        twice that with 50 requests at once (measured on this machine); the
+        connection's request is the same multiplexed round trip without them.
+        Redis may have lost the script (a restart): it is loaded and asked
+        again; a pooled connection may have died with it: a new one is taken.
+        """
+        pool = self._client.connection_pool
+        for attempt in (1, 2):
+            connection = await pool.get_connection()
+            try:
+                request = connection.create_request(b"EVALSHA", script.sha, len(keys), *keys,
+                                                    *args)
+            finally:
+                pool.release(connection)  # commands share connections: release before the reply
+            try:
+                return await request
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await self._client.script_load(script.script)
+            except RedisConnectionError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def renew(self, leases: Sequence[tuple[str, str]]) -> None:
         by_principal: defaultdict[str, list[str]] = defaultdict(list)

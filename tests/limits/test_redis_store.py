@@ -49,3 +49,11 @@ async def test_a_call_cancelled_mid_flight_leaves_the_client_usable(
     # The late answer to the cancelled call must not be taken for these ones'.
     assert await store.get_key("000000000001") == record
     assert await store.usage("000000000001", "2026-01") == {}
+
+
+async def test_scripts_redis_lost_are_loaded_again(store: RedisStore,
+                                                   redis_server: RedisServer) -> None:
+    quota = Quota(rpm=60, burst=1)
+    assert (await store.admit(Admission("k1", quota, 1, 0.0, PERIODS))).allowed
+    assert redis_server.command("SCRIPT", "FLUSH") == b"+OK"  # as after a restart
+    assert (await store.admit(Admission("k1", quota, 1, 0.0, PERIODS))).reason == "requests"
