@@ -27,7 +27,11 @@ def _install_group(session: nox.Session, name: str) -> None:
 
 @nox.session(python=SUPPORTED_PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The whole test suite against real sockets (includes the >60 s stream test)."""
+    """The whole test suite against real sockets (includes the >60 s stream test).
+
+    Tests that need Redis start their own ``redis-server`` and skip without one,
+    unless ``CI`` or ``SLUICE_REQUIRE_REDIS=1`` is set (`.ci/run` sets it): then they fail.
+    """
     session.install("-e", ".")
     _install_group(session, "test")
     # The browser tests have their own session (they need Chromium); here they

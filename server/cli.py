@@ -3,6 +3,7 @@
     sluice serve [--config FILE] [--bind HOST:PORT] [--workers N|auto] [--log-level LEVEL]
     sluice fake-upstream [--port 9000] [--scenario tokens=20,tps=50,...]
     sluice probe URL [--compare URL2] [--runs N] [--plot FILE.png] [--json]
+    sluice keys {new,create,list,show,update,revoke,usage} ...   (server.keys.cli)
 
 ``serve`` runs `server.app:app` through hypercorn's trio worker, with the
 settings of `server.serving.launch.hypercorn_config`. The configuration is checked
@@ -43,12 +44,19 @@ def main(argv: list[str] | None = None) -> int:
                                 "with numbers, and a picture)")
     probe_cli.add_arguments(probe)
 
+    from server.keys import cli as keys_cli
+
+    keys = commands.add_parser("keys", help="make API keys; manage run-time keys in Redis")
+    keys_cli.add_arguments(keys)
+
     args = parser.parse_args(argv)
     if args.command == "probe":
         return probe_cli.run_from_args(args)
     if args.command == "fake-upstream":
         fake_cli.run_from_args(args)
         return 0
+    if args.command == "keys":
+        return keys_cli.run_from_args(args)
     return _serve(args)
 
 

@@ -24,6 +24,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
+from server.keys.settings import AuthSettings, parse_auth
+from server.limits.state_settings import StateSettings, parse_state
+
 BackendKind = Literal["openai", "simulated", "ollama"]
 BACKEND_KINDS: tuple[BackendKind, ...] = ("openai", "simulated", "ollama")
 Continuation = Literal["none", "prefill"]
@@ -181,6 +184,8 @@ class Settings:
     chat: ChatApiSettings = field(default_factory=ChatApiSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     resume: ResumeSettings = field(default_factory=ResumeSettings)
+    state: StateSettings = field(default_factory=StateSettings)  # server.limits.state_settings
+    auth: AuthSettings = field(default_factory=AuthSettings)  # server.keys.settings
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -218,6 +223,8 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
     chat_table = table.table("chat")  # read once the backends are known
     logging = _logging(table.table("logging"))
     resume = _resume(table.table("resume"))
+    state = parse_state(table.table("state"))
+    auth = parse_auth(table.table("auth"))
     raw_backends: list[Any] | None = table.take("backends", list, None)
     table.finish()
     if not raw_backends:
@@ -233,7 +240,7 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
     return Settings(backends=backends, server=server, timeouts=timeouts, retry=retry,
                     breaker=breaker, admission=admission, cors=cors,
                     chat=_chat(chat_table, backends), logging=logging,
-                    resume=resume)
+                    resume=resume, state=state, auth=auth)
 
 
 def backend_path(name: str) -> str:

@@ -19,7 +19,10 @@ JSON a client sees; nothing else in the gateway builds error bodies.
     ├── NoBackendAvailable           503  all backends failed this request, or saturated
     ├── TooManyRequests              429  the gateway is full, or the client's rate limit
     ├── ShuttingDown                 503  the worker is draining; retry elsewhere
-    └── StreamCancelled                   a detached stream stopped on purpose (in-band only)
+    ├── StreamCancelled                   a detached stream stopped on purpose (in-band only)
+    ├── Unauthorized                 401  no API key, or not a valid one
+    ├── PermissionDenied             403  the key may not use that model
+    └── LimitsUnavailable            503  the shared limits store failed (on_error = "closed")
 
 A client never sees a traceback, an upstream URL or a key: `public_message`
 is written for clients; `detail` (logged beside the error id) is not sent.
@@ -54,6 +57,7 @@ class SluiceError(Exception):
         self.detail = detail or public_message
         self.error_id = new_error_id()
         self.retry_after: float | None = None
+        self.headers: list[tuple[bytes, bytes]] = []  # more response headers (x-ratelimit-*)
 
 
 class RequestError(SluiceError):
@@ -203,6 +207,31 @@ class StreamCancelled(SluiceError):
         super().__init__(f"The stream was stopped: {reason}.")
 
 
+class Unauthorized(SluiceError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(SluiceError):
+    status = 403
+    type = "invalid_request_error"
+    code = "model_not_allowed"
+    param = "model"
+
+
+class LimitsUnavailable(SluiceError):
+    status = 503
+    type = "service_unavailable"
+    code = "limits_unavailable"
+    retryable = True
+
+    def __init__(self, retry_after: float, *, detail: str = "") -> None:
+        super().__init__("Usage limits cannot be checked right now; retry shortly.",
+                         detail=detail)
+        self.retry_after = retry_after
+
+
 def error_object(error: SluiceError) -> dict[str, Any]:
     """The inner ``{"message", "type", "param", "code"}`` object, plus the error id."""
     return {
@@ -224,6 +253,7 @@ def error_headers(error: SluiceError) -> list[tuple[bytes, bytes]]:
     if error.retry_after is not None:
         # Round up: a client told to wait less than the upstream asked would be refused again.
         headers.append((b"retry-after", str(max(0, math.ceil(error.retry_after))).encode()))
+    headers.extend(error.headers)
     return headers
 
 

@@ -22,6 +22,7 @@ import random
 import re
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import orjson
@@ -47,7 +48,7 @@ from server.api.resume import (
 )
 from server.backends import open_backends
 from server.backends.http import api_key_from_env
-from server.config import Accepts, Settings
+from server.config import Accepts, ConfigError, Settings
 from server.errors import (
     BodyTooLarge,
     ModelNotFound,
@@ -60,6 +61,10 @@ from server.errors import (
     new_error_id,
     openai_error_body,
 )
+from server.keys.admin import KeyAdmin
+from server.keys.admin_api import register_admin_api
+from server.keys.gate import Gate, GateKeeper
+from server.keys.metrics import TenancyMetrics
 from server.limits.admission import Slots
 from server.limits.rate_limit import MemoryRateLimiter, RateLimiter
 from server.limits.routing import Route, candidates, make_routes
@@ -86,6 +91,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     environ = os.environ if environ is None else environ
     for backend in settings.backends:
         api_key_from_env(backend, environ)  # a missing key stops the server at start
+    admin_key = _admin_key(settings, environ)
 
     app = SluiceApp("sluice")
     app.send_stall_timeout = settings.server.send_stall_timeout
@@ -113,11 +119,17 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         backends = await lifetime.enter_async_context(open_backends(settings, environ))
         gateway.routes = make_routes(backends, settings.breaker)
         await app.nursery.start(background.serve)
+        if gateway.tenancy is not None:  # API keys: their store (Redis: one client per worker)
+            keeper = GateKeeper(settings.auth, settings.state, gateway.tenancy)
+            await app.nursery.start(keeper.serve)  # quart-trio's lifespan nursery
+            gateway.gate = keeper.gate
+            lifetime.push_async_callback(keeper.aclose)
 
     @app.after_serving
     async def close_serving() -> None:
         await background.stop()  # detached streams end before the backends they use close
         gateway.routes = ()
+        gateway.gate = None
         await lifetime.aclose()
 
     @app.before_request
@@ -142,8 +154,13 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     @app.get("/v1/models")
     async def list_models() -> Response:
+        names = settings.model_names
+        if settings.auth.required:  # a key sees what it may use (401 without one)
+            if gateway.gate is None:
+                raise ShuttingDown()
+            names = (await gateway.gate.directory.authenticate(request.headers)).visible(names)
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "sluice"}
-                for name in settings.model_names]
+                for name in names]
         return _json({"object": "list", "data": data})
 
     @app.get("/healthz")
@@ -186,6 +203,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         failure.error_id = error_id
         return _error_response(failure, logged=True)
 
+    if admin_key is not None:
+        register_admin_api(app, admin_key, gateway.key_admin)  # /admin/keys, /admin/usage
     register_chat_api(app, settings, gateway.stream_response)  # POST /chat
     register_responses_api(app, settings, gateway.stream_response, background)  # /v1/responses
     register_resume_api(app, settings, background)  # resumable chat streams
@@ -217,6 +236,19 @@ class Gateway:
             self.rate_limiter = MemoryRateLimiter(admission.requests_per_minute, admission.burst)
         metrics.watch(lambda: self.routes, self.slots, self.lifecycle)
         self.access_log = AccessLog(settings.logging.access_log, settings.logging.format)
+        # API keys (server.keys): the gate lives while serving, with its state store.
+        self.tenancy: TenancyMetrics | None = None
+        self.gate: Gate | None = None
+        if settings.auth.required:
+            self.tenancy = TenancyMetrics(metrics.registry, models=settings.model_names,
+                                          max_keys=settings.auth.metrics_max_keys)
+
+    def key_admin(self) -> KeyAdmin | None:
+        """Run-time key management, on the serving gate's store (None when not serving)."""
+        if self.gate is None:
+            return None
+        return KeyAdmin(self.settings.auth.keys, self.gate.state.primary,
+                        on_change=self.gate.directory.forget)
 
     async def admit(self, model: str, accepts: Accepts | None = None) -> tuple[Route, ...]:
         """The checks every request passes first: draining, the client's rate limit, the model.
@@ -242,12 +274,22 @@ class Gateway:
     async def stream_response(self, chat: ChatRequest, write_body: BodyWriter,
                               received_at: float, *, heartbeats: bool,
                               accepts: Accepts | None = None) -> StreamResponse:
-        """Check the client's rate limit and the model, then plan the stream.
+        """Check the client's key, rate limit and model, then plan the stream.
 
         ``heartbeats``: the body format shows it is alive during silence (an SSE
         keepalive comment) every ``keepalive_interval``; a buffered one cannot.
         """
+        grant = None
+        if self.settings.auth.required:  # 401 / 403, and the key's model alias
+            if self.gate is None:
+                raise ShuttingDown()
+            grant = await self.gate.authorize(request.headers, chat)
+            chat = grant.chat
         routes = await self.admit(chat.model, accepts)
+        ticket = None
+        if grant is not None and self.gate is not None:  # 429 / 503; settled as the stream ends
+            ticket = await self.gate.admit(grant)
+            write_body = partial(write_body, meter=ticket.meter)
         admission = self.settings.admission
         plan = StreamPlan(
             request=chat,
@@ -263,8 +305,12 @@ class Gateway:
             write_body=write_body,
             keepalive_interval=self.settings.server.keepalive_interval if heartbeats else None,
             access_log=self.access_log,
+            ticket=ticket,
         )
-        return StreamResponse(plan, self.metrics)
+        response = StreamResponse(plan, self.metrics)
+        for name, value in ticket.headers if ticket else ():
+            response.headers[name.decode()] = value.decode()
+        return response
 
 
 def _client_key() -> str:
@@ -273,6 +319,16 @@ def _client_key() -> str:
     if authorization:
         return "key:" + hashlib.blake2b(authorization.encode(), digest_size=12).hexdigest()
     return "addr:" + (request.remote_addr or "unknown")
+
+
+def _admin_key(settings: Settings, environ: Mapping[str, str]) -> str | None:
+    """The admin key, from the variable ``[auth] admin_key_env`` names (required if named)."""
+    name = settings.auth.admin_key_env
+    if name is None:
+        return None
+    if not environ.get(name):
+        raise ConfigError(f"auth.admin_key_env: environment variable {name} is not set")
+    return environ[name]
 
 
 def _request_id(sent: str | None) -> str:

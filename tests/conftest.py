@@ -15,7 +15,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -32,6 +32,7 @@ from server.metrics import Metrics
 from server.serving import tcp_server
 from server.serving.launch import hypercorn_config
 from server.testing.fake_upstream import FakeUpstream, Scenario
+from server.testing.redis_server import MISSING, RedisServer, find_redis_server, redis_required
 
 tcp_server.install()  # as server.app does: the tests' server is the one `sluice serve` runs
 
@@ -115,6 +116,26 @@ async def upstream(nursery: trio.Nursery) -> FakeUpstream:
 async def sluice(upstream: FakeUpstream) -> AsyncIterator[RunningSluice]:
     async with running_sluice(settings_for(upstream.base_url)) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session. Without the binary the tests that need it
+    skip — except in CI or with SLUICE_REQUIRE_REDIS=1, where they fail."""
+    binary = find_redis_server()
+    if binary is None:
+        if redis_required():
+            pytest.fail(f"{MISSING} — required here (CI or SLUICE_REQUIRE_REDIS is set)")
+        pytest.skip(MISSING)
+    with RedisServer.running(binary) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, emptied for this test."""
+    assert redis_server.command("FLUSHALL") == b"+OK"
+    return redis_server.url
 
 
 @pytest.fixture

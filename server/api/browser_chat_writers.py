@@ -38,6 +38,7 @@ from server.errors import SluiceError
 from server.sse import KEEPALIVE, frame
 from server.stream.channel import ChannelItem
 from server.stream.late_status import LateStatusResponse
+from server.stream.usage import UsageMeter
 from server.stream.writers import receive_batch, write_one_reply
 
 _WORD = re.compile(r"\S+")
@@ -149,6 +150,7 @@ async def write_chat_events(
     *,
     model: str,
     received_at: float,
+    meter: UsageMeter | None = None,
 ) -> SluiceError | None:
     """Send one ``/chat`` event per content delta, then the done (or error) event.
 
@@ -159,6 +161,8 @@ async def write_chat_events(
     with items:
         while True:
             payloads, end = await receive_batch(items)
+            if meter is not None and payloads:
+                payloads = meter.take(payloads)  # /chat shows usage in its own done event
             body: list[bytes] = []
             for payload in payloads:
                 content = transcript.add(inspect_chunk(payload)[1])
@@ -184,10 +188,12 @@ async def write_chat_json(
     *,
     model: str,
     received_at: float,
+    meter: UsageMeter | None = None,
 ) -> SluiceError | None:
     """Fold the stream into one ``/chat`` reply object; nothing is sent until the end."""
     transcript = ChatTranscript(model, received_at)
-    return await write_one_reply(items, response, transcript.add,
+    add = transcript.add if meter is None else meter.watch(transcript.add)
+    return await write_one_reply(items, response, add,
                                  lambda: transcript.reply(trio.current_time(), _now()))
 
 

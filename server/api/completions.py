@@ -43,6 +43,7 @@ from server.errors import RequestError, SluiceError
 from server.stream.aggregate import CompletionBuilder
 from server.stream.channel import BodyWriter, ChannelItem
 from server.stream.late_status import LateStatusResponse
+from server.stream.usage import UsageMeter
 from server.stream.writers import write_one_reply, write_sse
 
 
@@ -129,11 +130,13 @@ def text_completion(completion: dict[str, Any]) -> dict[str, Any]:
 
 
 async def write_text_completion(
-    items: trio.MemoryReceiveChannel[ChannelItem], response: LateStatusResponse
+    items: trio.MemoryReceiveChannel[ChannelItem], response: LateStatusResponse,
+    *, meter: UsageMeter | None = None,
 ) -> SluiceError | None:
     """Aggregate the stream into one ``text_completion``; nothing is sent until the end."""
     completion = CompletionBuilder()
-    return await write_one_reply(items, response, completion.add,
+    add = completion.add if meter is None else meter.watch(completion.add)
+    return await write_one_reply(items, response, add,
                                  lambda: text_completion(completion.result()))
 
 
@@ -144,7 +147,8 @@ def register_completions_api(app: Quart, stream_response: StreamOpener) -> None:
     async def completions() -> Response:
         received_at = trio.current_time()
         parsed = parse_completion_request(await request.get_data(False, False, False))
-        write_body: BodyWriter = (partial(write_sse, translate=as_completion_chunk)
-                                  if parsed.stream else write_text_completion)
+        write_body: BodyWriter = write_text_completion
+        if parsed.stream:
+            write_body = partial(write_sse, translate=as_completion_chunk)
         return await stream_response(parsed, write_body, received_at,
                                      heartbeats=parsed.stream, accepts=serves_completions)

@@ -32,6 +32,7 @@ from server.errors import SluiceError, error_object
 from server.sse import KEEPALIVE
 from server.stream.channel import ChannelItem
 from server.stream.late_status import LateStatusResponse
+from server.stream.usage import UsageMeter
 from server.stream.writers import receive_batch, write_one_reply
 
 
@@ -40,6 +41,7 @@ async def write_response_events(
     response: LateStatusResponse,
     *,
     transcript: ResponseTranscript,
+    meter: UsageMeter | None = None,  # unused: a response reports its usage itself
 ) -> SluiceError | None:
     """Send Responses events as the chunks come; keepalives in silence; the end."""
     with items:
@@ -66,6 +68,7 @@ async def write_response_object(
     response: LateStatusResponse,
     *,
     transcript: ResponseTranscript,
+    meter: UsageMeter | None = None,  # unused: a response reports its usage itself
 ) -> SluiceError | None:
     """Fold the stream into one ``response`` object; nothing is sent until the end."""
 

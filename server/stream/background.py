@@ -53,6 +53,7 @@ from server.metrics import Metrics
 from server.stream.channel import ChannelItem
 from server.stream.event_log import EventLog
 from server.stream.late_status import LateStatusResponse
+from server.stream.usage import UsageMeter
 from server.stream.writers import receive_batch
 
 log = logging.getLogger("sluice.background")
@@ -83,6 +84,7 @@ async def write_log(
     *,
     log: EventLog,
     shaper: LogShaper,
+    meter: UsageMeter | None = None,  # unused: the dialect's shaper decides what is shown
 ) -> SluiceError | None:
     """The producer's `BodyWriter`: each chunk's events go into the log, never to a client.
 

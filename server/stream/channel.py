@@ -23,6 +23,7 @@ import trio
 
 from server.errors import SluiceError
 from server.stream.late_status import LateStatusResponse
+from server.stream.usage import UsageMeter
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +45,15 @@ ChannelItem = bytes | StreamEnd | Heartbeat
 
 
 class BodyWriter(Protocol):
-    """Drains the stream's channel into the response; returns the error that ended it."""
+    """Drains the stream's channel into the response; returns the error that ended it.
+
+    A ``meter`` (`server.stream.usage`), given for requests made with an API
+    key, notes the upstream's usage as it passes.
+    """
 
     def __call__(
-        self, items: trio.MemoryReceiveChannel[ChannelItem], response: LateStatusResponse
+        self, items: trio.MemoryReceiveChannel[ChannelItem], response: LateStatusResponse,
+        *, meter: UsageMeter | None = None,
     ) -> Awaitable[SluiceError | None]: ...
 
 

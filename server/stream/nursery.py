@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -38,7 +39,14 @@ from server.stream.outcome import Outcome, stream_outcome
 from server.stream.progress import StreamProgress
 from server.stream.pump import PumpContext, pump_upstream
 
+if TYPE_CHECKING:
+    from server.keys.gate import Ticket
+
 log = logging.getLogger("sluice.stream")
+
+# The most an API key's settlement may hold up the end of a stream's task.
+SETTLE_BOUND = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class StreamPlan:
@@ -56,6 +64,7 @@ class StreamPlan:
     keepalive_interval: float | None  # silence before a heartbeat; None: the format has none
     access_log: AccessLog | None = None  # one line per stream, written at its end
     key_name: str | None = None  # the client key's configured name, once keys exist
+    ticket: Ticket | None = None  # an API key's admission: settled from usage at the end
 
 
 async def serve_stream(
@@ -114,7 +123,15 @@ async def serve_stream(
         if outcome == "client_disconnect":
             metrics.client_disconnects.inc()
         _record(plan, progress, outcome, error, metrics, response)
-        plan.lifecycle.stream_ended(upstream)
+        try:
+            if plan.ticket is not None:  # whatever ended the stream; before a drain ends
+                if plan.ticket.meter.usage is None and progress.completion_tokens is not None:
+                    plan.ticket.meter.usage = {"prompt_tokens": progress.prompt_tokens,
+                                               "completion_tokens": progress.completion_tokens}
+                with trio.move_on_after(SETTLE_BOUND, shield=True):
+                    await plan.ticket.settle(progress.chunks, outcome)
+        finally:
+            plan.lifecycle.stream_ended(upstream)
     return error
 
 

@@ -27,22 +27,29 @@ from server.sse import DONE_EVENT, KEEPALIVE, frame
 from server.stream.aggregate import CompletionBuilder
 from server.stream.channel import ChannelItem, Heartbeat, StreamEnd
 from server.stream.late_status import LateStatusResponse
+from server.stream.usage import UsageMeter
 
 
 async def write_sse(
     items: trio.MemoryReceiveChannel[ChannelItem], response: LateStatusResponse,
     *, translate: Callable[[bytes], bytes] | None = None,
+    meter: UsageMeter | None = None,
 ) -> SluiceError | None:
     """Relay chunks as SSE; return the error that ended the stream, if any.
 
     Whatever is already waiting in the channel is coalesced into one ASGI
     message: no added latency when the client keeps up, far fewer sends
     (and syscalls) when it does not. ``translate`` reshapes each chunk for a
-    dialect that is not chat's (``/v1/completions``).
+    dialect that is not chat's (``/v1/completions``). A ``meter`` (API keys)
+    notes the usage chunk, and drops it if the client did not ask for usage.
     """
     with items:
         while True:
             payloads, end = await receive_batch(items)
+            if meter is not None and payloads:
+                payloads = meter.take(payloads)
+                if not payloads and end is None:
+                    continue  # only a usage chunk the client did not ask for
             if translate is not None:
                 payloads = [translate(payload) for payload in payloads]
             body = [frame(payload) for payload in payloads]
@@ -87,11 +94,13 @@ async def receive_batch(
 
 
 async def write_completion(
-    items: trio.MemoryReceiveChannel[ChannelItem], response: LateStatusResponse
+    items: trio.MemoryReceiveChannel[ChannelItem], response: LateStatusResponse,
+    *, meter: UsageMeter | None = None,
 ) -> SluiceError | None:
     """Aggregate the stream into one ``chat.completion``; nothing is sent until the end."""
     completion = CompletionBuilder()
-    return await write_one_reply(items, response, completion.add, completion.result)
+    add = completion.add if meter is None else meter.watch(completion.add)
+    return await write_one_reply(items, response, add, completion.result)
 
 
 async def write_one_reply(

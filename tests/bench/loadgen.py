@@ -84,6 +84,8 @@ class LoadSpec:
     rss_every: float = 0.5
     usr1: tuple[int, ...] = ()
     """PIDs sent SIGUSR1 at the window's start and end (the gc-stats variant dumps on it)."""
+    api_key: str = ""
+    """Sent as ``Authorization: Bearer`` (the sluice-keys target)."""
 
     @classmethod
     def from_json(cls, text: str) -> LoadSpec:
@@ -150,6 +152,7 @@ class _Phase:
     tokens: int
     latency: bool
     tally: Tally
+    api_key: str = ""
     request: bytes = b""
     stopping: bool = False
     started: int = 0
@@ -163,7 +166,7 @@ class _Phase:
     ttfb: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.request = chat_request(self.host, self.port, self.tokens)
+        self.request = chat_request(self.host, self.port, self.tokens, self.api_key)
 
     @property
     def all_finished(self) -> bool:
@@ -655,7 +658,7 @@ def run_spec(spec: LoadSpec) -> LoadResult:
     if spec.warmup_requests:
         per = max(1, spec.warmup_requests // max(1, spec.warmup_concurrency))
         warm = _Phase(spec.host, spec.port, spec.warmup_concurrency, per, 0.0,
-                      time.time() + 30, 1, False, Tally())
+                      time.time() + 30, 1, False, Tally(), spec.api_key)
         drive(warm, [], 0.0, lambda: None)
         time.sleep(0.2)
     monitor = _Monitor(spec.monitor, spec.usr1)
@@ -667,7 +670,7 @@ def run_spec(spec: LoadSpec) -> LoadResult:
     tally = Tally(window_start=t0 if budget else window_start, window_end=deadline,
                   sample_every=max(1, spec.latency_every))
     phase = _Phase(spec.host, spec.port, spec.streams, spec.requests_per_stream, spec.ramp,
-                   deadline, spec.tokens, spec.latency, tally)
+                   deadline, spec.tokens, spec.latency, tally, spec.api_key)
     timers: Timers = [(t0 if budget else window_start, monitor.start)]
     drive(phase, timers, spec.rss_every, monitor.sample)
     end = time.time()

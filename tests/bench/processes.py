@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.keys.secret import NewKey
+from server.testing.redis_server import RedisServer, find_redis_server
 from tests.bench import procfs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -209,18 +211,20 @@ base_url = "http://127.0.0.1:{upstream_port}/v1"
 """
 
 
-def write_sluice_config(workdir: Path, upstream_port: int, max_connections: int = 20000) -> Path:
+def write_sluice_config(workdir: Path, upstream_port: int, max_connections: int = 20000,
+                        extra: str = "", name: str = "sluice.toml") -> Path:
     """The settings file; limits that exist in this version of Sluice are set out of the way
-    (the admission cap would otherwise be what the 10,000-stream scenario measures)."""
+    (the admission cap would otherwise be what the 10,000-stream scenario measures).
+    `extra` is appended (the sluice-keys target's keys and Redis)."""
     server_fields, admission_fields = _settings_fields()
     server_extra = "drain_seconds = 1  # the bench stops Sluice only when it is idle" \
         if "drain_seconds" in server_fields else ""
     admission = f"[admission]\nmax_streams = {max_connections}\n" \
         if "max_streams" in admission_fields else ""
-    path = workdir / "sluice.toml"
+    path = workdir / name
     path.write_text(SLUICE_CONFIG.format(upstream_port=upstream_port,
                                          max_connections=max_connections,
-                                         server_extra=server_extra, admission=admission))
+                                         server_extra=server_extra, admission=admission) + extra)
     return path
 
 
@@ -237,12 +241,20 @@ def _settings_fields() -> tuple[set[str], set[str]]:
 
 
 def start_sluice(stack: contextlib.ExitStack, workdir: Path, upstream_port: int,
-                 variant: str = "") -> Proc:
-    """``sluice serve`` (or a `variants` launcher) on core 0; returns once /healthz answers."""
-    config = write_sluice_config(workdir, upstream_port)
+                 variant: str = "", *, keys: str = "") -> Proc:
+    """``sluice serve`` (or a `variants` launcher) on core 0; returns once /healthz answers.
+
+    `keys`: config tables for API keys and their store (`keys_config`): the
+    ``sluice-keys`` target."""
+    config = write_sluice_config(workdir, upstream_port, extra=keys,
+                                 name="sluice-keys.toml" if keys else "sluice.toml")
     port = free_port()
     bind = f"127.0.0.1:{port}"
-    if variant:
+    if keys:
+        argv = [sys.executable, "-m", "server.cli", "serve", "--bind", bind,
+                "--config", str(config)]
+        label = "sluice-keys"
+    elif variant:
         argv = [sys.executable, "-m", "tests.bench.variants", "--variant", variant,
                 "--bind", bind, "--config", str(config)]
         label = f"sluice+{variant}"
@@ -283,6 +295,44 @@ def sluice_worker(pid: int) -> int:
     if len(spawned) > 1:
         raise RuntimeError(f"expected at most one worker under {pid}, found {spawned}")
     return spawned[0] if spawned else pid
+
+
+# -------------------------------------------------------- API keys and Redis
+
+
+def start_redis(stack: contextlib.ExitStack) -> RedisServer | None:
+    """A redis-server for the ``sluice-keys`` target, on the load core; None without one."""
+    if find_redis_server() is None:
+        return None
+    redis = stack.enter_context(RedisServer.running())
+    assert redis.process is not None
+    pin(redis.process.pid, LOAD_CORE)
+    return redis
+
+
+def keys_config(redis_url: str, key: NewKey) -> str:
+    """One API key with every limit on (rpm, tpm, streams, budgets, spend), none reached,
+    its usage priced, all kept in Redis: each request pays for all of it."""
+    return f"""
+[state]
+backend = "redis"
+url = "{redis_url}"
+
+[[auth.keys]]
+id = "{key.id}"
+hash = "{key.hash}"
+name = "bench"
+rpm = 1e9
+tpm = 1_000_000_000_000
+max_streams = 1_000_000
+daily_tokens = 1_000_000_000_000
+monthly_tokens = 1_000_000_000_000
+monthly_spend = 1e12
+
+[auth.prices.bench]
+prompt = 1.0
+completion = 2.0
+"""
 
 
 # ----------------------------------------------------------------------- nginx

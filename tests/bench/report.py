@@ -20,7 +20,9 @@ HOW_TO_READ = """\
 How to read this
   * Columns: "direct" = the load generator talks to the upstream itself (the floor);
     "nginx" = nginx (proxy_buffering off) in front of the same upstream; "sluice" = the
-    gateway under test; sluice+X = Sluice started with a bench-only tweak X (variants).
+    gateway under test; sluice+X = Sluice started with a bench-only tweak X (variants);
+    "sluice-keys" = Sluice requiring an API key whose every limit (rpm, tpm, streams,
+    budgets, spend) is on, never reached, and kept in a local redis-server (on core 1).
     The last column is sluice / nginx (lower is better for times and CPU).
   * Cores: the relay under test (Sluice's hypercorn worker, or nginx's worker) is pinned
     alone to core 0; the upstream, the load generator and this script share core 1.
@@ -80,6 +82,9 @@ ROWS: Mapping[str, Row] = {
     "relay_core_busy": Row("relay core (0) busy, incl. softirq", "%", 0),
     "relay_core_other": Row("relay core (0): other than the relay", "%", 0),
     "steal": Row("hypervisor steal, both cores", "%", 1),
+    "redis_cpu_cores": Row("Redis CPU (sluice-keys)", "cores", 2),
+    "keys_added_ms_per_request": Row("keys+Redis: added relay CPU per stream", "ms", 3),
+    "keys_added_us_per_chunk": Row("keys+Redis: added relay CPU per chunk", "us", 1),
 }
 
 
@@ -90,6 +95,7 @@ def metrics(result: Mapping[str, Any], gc: Mapping[str, float] | None = None) ->
     monitored: Mapping[str, Mapping[str, float]] = result["monitored"]
     relay = monitored.get("relay")
     upstream = monitored.get("upstream")
+    redis = monitored.get("redis")
     out: Metrics = {
         "chunks_per_s": result["chunks_per_s"],
         "responses_per_s": result["responses_window"] / window,
@@ -101,6 +107,7 @@ def metrics(result: Mapping[str, Any], gc: Mapping[str, float] | None = None) ->
         "errors": float(sum(result["errors"].values())),
         "load_cpu_cores": result["load_cpu_frac"],
         "upstream_cpu_cores": upstream["cpu_s"] / window if upstream else None,
+        "redis_cpu_cores": redis["cpu_s"] / window if redis else None,
     }
     if relay:
         cpu = relay["cpu_s"]
@@ -138,7 +145,14 @@ def median_metrics(runs: Sequence[Metrics]) -> Metrics:
 
 
 def derive(medians: dict[str, Metrics], offered: float | None) -> None:
-    """Add offered load and the rows relative to the direct column, in place."""
+    """Add offered load and the rows relative to the direct column, in place; and what
+    keys with Redis add to the sluice column's CPU (the sluice-keys column's rows)."""
+    plain, keyed = medians.get("sluice"), medians.get("sluice-keys")
+    if plain is not None and keyed is not None:
+        for row, base in (("keys_added_ms_per_request", "relay_ms_per_request"),
+                          ("keys_added_us_per_chunk", "relay_us_per_chunk")):
+            mine, ref = keyed.get(base), plain.get(base)
+            keyed[row] = None if mine is None or ref is None else mine - ref
     direct = medians.get("direct", {})
     for target, values in medians.items():
         values["offered_cps"] = offered
@@ -266,3 +280,29 @@ def targets_table(results: Mapping[str, Mapping[str, Metrics]],
         if notes and notes.get(name):
             out.append(f"  note, {name}: {notes[name]}")
     return "\n".join(out), records
+
+
+def keys_table(results: Mapping[str, Mapping[str, Metrics]]) -> str:
+    """What API keys with the Redis store add, scenario by scenario, against plain Sluice
+    in the same run: relay CPU per stream open and per chunk, TTFB, and Redis's own CPU."""
+    lines = ["== API keys + Redis store vs plain Sluice, same run (medians) ==",
+             f"{'scenario':14} {'CPU/stream ms':>22} {'CPU/chunk us':>20} "
+             f"{'TTFB p50 ms':>18} {'Redis CPU':>9}"]
+    found = False
+    for name, medians in results.items():
+        plain, keyed = medians.get("sluice"), medians.get("sluice-keys")
+        if not plain or not keyed:
+            continue
+        found = True
+
+        def pair(key: str, digits: int, plain: Metrics = plain, keyed: Metrics = keyed) -> str:
+            a, b = plain.get(key), keyed.get(key)
+            if a is None or b is None:
+                return "—"
+            return f"{a:.{digits}f} -> {b:.{digits}f} ({b - a:+.{digits}f})"
+
+        redis = keyed.get("redis_cpu_cores")
+        lines.append(f"{name:14} {pair('relay_ms_per_request', 3):>22} "
+                     f"{pair('relay_us_per_chunk', 1):>20} {pair('ttfb_p50', 2):>18} "
+                     f"{'—' if redis is None else f'{redis:.2f}':>9}")
+    return "\n".join(lines) if found else ""

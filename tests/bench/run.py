@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from server.keys.secret import new_key
 from tests.bench import processes, procfs
 from tests.bench.loadgen import DRIVERS, LoadSpec, raise_fd_limit
 from tests.bench.processes import LOAD_CORE, Proc
@@ -38,6 +39,7 @@ from tests.bench.report import (
     HOW_TO_READ,
     Metrics,
     derive,
+    keys_table,
     median_metrics,
     metrics,
     table,
@@ -80,8 +82,9 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--quick", action="store_true", help="reduced set, about 2 minutes")
     parser.add_argument("--scenario", action="append", default=[],
                         help="run only this scenario (repeatable)")
-    parser.add_argument("--targets", default="direct,nginx,sluice",
-                        help="comma-separated subset of direct,nginx,sluice")
+    parser.add_argument("--targets", default="direct,nginx,sluice,sluice-keys",
+                        help="comma-separated subset of direct,nginx,sluice,sluice-keys "
+                             "(sluice-keys: with an API key whose limits live in Redis)")
     parser.add_argument("--variants", default="",
                         help=f"extra Sluice columns with a start-up tweak: {', '.join(VARIANTS)}")
     parser.add_argument("--loadgen", default="epoll", choices=DRIVERS,
@@ -99,7 +102,7 @@ def parse_args(argv: list[str] | None) -> Options:
             print(f"{scenario.name:14} {scenario.title}")
         raise SystemExit(0)
     targets = [t for t in args.targets.split(",") if t]
-    unknown = set(targets) - {"direct", "nginx", "sluice"}
+    unknown = set(targets) - {"direct", "nginx", "sluice", "sluice-keys"}
     if unknown:
         parser.error(f"unknown targets {', '.join(sorted(unknown))}")
     variants = [v for v in args.variants.split(",") if v]
@@ -252,6 +255,8 @@ def _run_targets(stack: contextlib.ExitStack, workdir: Path, scenario: BenchScen
     upstream = processes.start_upstream(stack, workdir, kind=scenario.upstream,
                                         scenario=scenario.upstream_scenario)
     relays: dict[str, Proc | None] = {}
+    api_keys: dict[str, str] = {}  # target -> the key its requests carry
+    redis_pid: dict[str, int] = {}
     wanted = list(options.targets) + [f"sluice+{v}" for v in options.variants]
     for target in wanted:
         try:
@@ -261,6 +266,16 @@ def _run_targets(stack: contextlib.ExitStack, workdir: Path, scenario: BenchScen
                 if nginx is None:
                     continue
                 relays[target] = processes.start_nginx(stack, workdir, nginx, upstream.port)
+            elif target == "sluice-keys":
+                redis = processes.start_redis(stack)
+                if redis is None or redis.process is None:
+                    print("  note: no redis-server (apt-get install redis-server): "
+                          "the sluice-keys column is skipped", flush=True)
+                    continue
+                key = new_key()
+                relays[target] = processes.start_sluice(
+                    stack, workdir, upstream.port, keys=processes.keys_config(redis.url, key))
+                api_keys[target], redis_pid[target] = key.text, redis.process.pid
             else:
                 variant = target.partition("+")[2]
                 relays[target] = processes.start_sluice(stack, workdir, upstream.port, variant)
@@ -277,11 +292,14 @@ def _run_targets(stack: contextlib.ExitStack, workdir: Path, scenario: BenchScen
             monitor = {"upstream": upstream.pid}
             if relay is not None:
                 monitor["relay"] = relay.worker
+            if target in redis_pid:
+                monitor["redis"] = redis_pid[target]
             gc_file = workdir / f"gc-{target.partition('+')[2]}.jsonl"
             usr1 = (relay.worker,) if relay is not None and "+" in target else ()
             spec = LoadSpec(port=relay.port if relay is not None else upstream.port,
                             driver=options.driver, monitor=monitor, usr1=usr1,
-                            warmup_requests=scenario.warmup_requests, **scenario.load)
+                            warmup_requests=scenario.warmup_requests,
+                            api_key=api_keys.get(target, ""), **scenario.load)
             try:
                 raw = run_loadgen(spec, limit)
             except RuntimeError as error:
@@ -376,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     summary, records = targets_table({name: o.medians for name, o in outcomes.items()},
                                      {name: o.scenario.note for name, o in outcomes.items()})
     print(summary)
+    keys_summary = keys_table({name: o.medians for name, o in outcomes.items()})
+    if keys_summary:
+        print("\n" + keys_summary)
     elapsed = time.monotonic() - started
     print(f"\n{len(outcomes)} scenarios in {elapsed / 60:.1f} min; "
           f"raw results: {options.out / 'bench.json'}")
@@ -406,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     (options.out / "bench.json").write_text(json.dumps(document, indent=1))
     (options.out / "bench.txt").write_text(HOW_TO_READ + "\n" + "\n\n".join(tables) + "\n\n"
-                                           + summary + "\n")
+                                           + summary + "\n"
+                                           + (f"\n{keys_summary}\n" if keys_summary else ""))
     return 0
 
 

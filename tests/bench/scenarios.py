@@ -60,6 +60,8 @@ _ROWS_LATENCY = ("ttfb_p50", "ttfb_p99", "ttfb_overhead_p50", "ttfb_overhead_p99
 _ROWS_LOAD = ("relay_cpu_cores", "relay_us_per_chunk", "relay_s_per_1k", "relay_rss_max_mb",
               "load_cpu_cores", "upstream_cpu_cores", "load_core_busy", "relay_core_busy",
               "relay_core_other", "steal")
+_ROWS_KEYS = ("relay_ms_per_request", "keys_added_ms_per_request", "keys_added_us_per_chunk",
+              "redis_cpu_cores")
 
 FULL: tuple[BenchScenario, ...] = (
     BenchScenario(
@@ -71,7 +73,7 @@ FULL: tuple[BenchScenario, ...] = (
         "stream-100", "100 concurrent streams @ 50 tok/s, 100 chunks each (closed loop)",
         "pacer", _paced(50), tps=50, repeats=3,
         load={"streams": 100, "tokens": 100, "ramp": 2.0, "warm": 0.0, "duration": 6.0},
-        rows=("chunks_per_s", "offered_cps", *_ROWS_LATENCY, *_ROWS_LOAD)),
+        rows=("chunks_per_s", "offered_cps", *_ROWS_LATENCY, *_ROWS_LOAD, *_ROWS_KEYS)),
     BenchScenario(
         "stream-1000", "1,000 concurrent streams @ 50 tok/s (50k chunks/s offered)",
         "pacer", _paced(50), tps=50, repeats=2,
@@ -79,14 +81,15 @@ FULL: tuple[BenchScenario, ...] = (
               "latency_every": 20},
         note="streams open at 250/s during the ramp; TTFB covers those opens",
         rows=("chunks_per_s", "offered_cps", "ttfb_p50", "ttfb_p99", "lat_p50", "lat_p99",
-              "lat_added_p99", "errors", *_ROWS_LOAD, "gc_share", "gc_max_pause_ms")),
+              "lat_added_p99", "errors", *_ROWS_LOAD, "gc_share", "gc_max_pause_ms",
+              *_ROWS_KEYS)),
     BenchScenario(
         "saturate-100", "saturation: 100 streams, no pacing (tps=0), 1M tokens each",
         "fake", "tokens=1000000,tps=0,timestamps=true", repeats=3,
         load={"streams": 100, "tokens": 1_000_000, "ramp": 0.5, "warm": 1.5, "duration": 5.0,
               "latency": False},
         note="unpaced, the fake upstream serves its streams unevenly: TTFB is not a metric here",
-        rows=("chunks_per_s", "live_max", "errors", *_ROWS_LOAD)),
+        rows=("chunks_per_s", "live_max", "errors", *_ROWS_LOAD, *_ROWS_KEYS)),
     BenchScenario(
         "idle-5000", "5,000 mostly idle streams (1 chunk/s each)",
         "pacer", _paced(1), tps=1, repeats=1,
@@ -115,7 +118,8 @@ FULL: tuple[BenchScenario, ...] = (
         note="what opening a stream costs: requests/s and relay CPU per request",
         rows=("responses_per_s", "ttfb_p50", "ttfb_p99", "errors", "relay_cpu_cores",
               "relay_ms_per_request", "load_cpu_cores", "upstream_cpu_cores",
-              "load_core_busy", "relay_core_other", "steal")),
+              "load_core_busy", "relay_core_other", "steal", "keys_added_ms_per_request",
+              "redis_cpu_cores")),
 )
 
 

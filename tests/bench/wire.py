@@ -36,16 +36,19 @@ DONE = b"[DONE]"
 ERROR = b'"error"'
 
 
-def chat_request(host: str, port: int, tokens: int) -> bytes:
-    """The request every stream sends: streamed, ``max_tokens`` = `tokens`."""
+def chat_request(host: str, port: int, tokens: int, api_key: str = "") -> bytes:
+    """The request every stream sends: streamed, ``max_tokens`` = `tokens`; with `api_key`,
+    ``Authorization: Bearer`` it."""
     body = (
         b'{"model":"bench","stream":true,"max_tokens":%d,'
         b'"messages":[{"role":"user","content":"hello there"}]}' % tokens
     )
+    authorization = b"Authorization: Bearer %s\r\n" % api_key.encode() if api_key else b""
     return (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s:%d\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s:%d\r\n%s"
         b"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (host.encode(), port, len(body), body)
+        b"Content-Length: %d\r\n\r\n%s" % (host.encode(), port, authorization, len(body),
+                                               body)
     )
 
 
