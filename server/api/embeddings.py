@@ -22,7 +22,7 @@ from server.api.chat_completions import json_object, non_empty_string, required_
 from server.api.one_shot import admitted, relay_once
 from server.backends.base import EmbeddingBackend
 from server.config import BackendSettings
-from server.errors import RequestError
+from server.errors import RequestError, ShuttingDown
 from server.limits.routing import Route
 from server.stream.pump import PumpContext
 
@@ -73,6 +73,11 @@ def register_embeddings_api(app: Quart, gateway: Gateway) -> None:
     @app.post("/v1/embeddings")
     async def embeddings() -> Response:
         body = parse_embeddings_request(await request.get_data(False, False, False))
+        if gateway.settings.auth.required:  # 401 / 403 and the key's alias; no token quota
+            if gateway.gate is None:
+                raise ShuttingDown()
+            _, served = await gateway.gate.authorize_model(request.headers, body["model"])
+            body = {**body, "model": served}
         routes = await gateway.admit(body["model"], serves_embeddings)
         context = PumpContext(routes=routes, policy=gateway.settings.retry,
                               queue_timeout=admission.queue_timeout, metrics=gateway.metrics,

@@ -127,12 +127,18 @@ class Gate:
         self._wall = wall
 
     async def authorize(self, headers: RequestHeaders, chat: ChatRequest) -> Grant:
+        record, served = await self.authorize_model(headers, chat.model)
+        return Grant(record, metered(chat, served), chat.include_usage)
+
+    async def authorize_model(self, headers: RequestHeaders,
+                              model: str) -> tuple[KeyRecord, str]:
+        """401 without a valid key, 403 for a model it may not use; else the model served."""
         record = await self.directory.authenticate(headers)
-        served = record.resolve(chat.model)
+        served = record.resolve(model)
         if served is None:
             self.metrics.forbidden.labels(self.metrics.key(record.name)).inc()
-            raise PermissionDenied(f"This API key may not use the model '{chat.model}'.")
-        return Grant(record, metered(chat, served), chat.include_usage)
+            raise PermissionDenied(f"This API key may not use the model '{model}'.")
+        return record, served
 
     async def admit(self, grant: Grant) -> Ticket:
         record, chat = grant.record, grant.chat

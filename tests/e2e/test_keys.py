@@ -289,3 +289,25 @@ async def test_admin_api_errors(admin_sluice: RunningSluice, client: httpx.Async
 async def test_without_an_admin_key_there_is_no_admin_api(
         keyed: RunningSluice, client: httpx.AsyncClient) -> None:
     assert (await client.get(keyed.base_url + "/admin/keys")).status_code == 404
+
+
+async def test_embeddings_need_a_key_that_may_use_the_model(
+        upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
+    """/v1/embeddings is not a stream, but the same keys guard it: 401, 403, then served."""
+    key = new_key()
+    settings = parse_settings({
+        "backends": [{"name": "fake", "kind": "openai", "base_url": upstream.base_url,
+                      "models": ["*"], "embeddings": True}],
+        "auth": {"keys": [{"id": key.id, "hash": key.hash, "name": "a",
+                           "models": ["embed-m"]}]}})
+    async with running_sluice(settings) as sluice:
+        url = sluice.base_url + "/v1/embeddings"
+        body = {"model": "embed-m", "input": "hello"}
+        missing = await client.post(url, json=body)
+        assert missing.status_code == 401
+        assert missing.json()["error"]["code"] == "invalid_api_key"
+        other = await client.post(url, json={**body, "model": "other-m"}, headers=bearer(key))
+        assert other.status_code == 403
+        served = await client.post(url, json=body, headers=bearer(key))
+        assert served.status_code == 200, served.text
+        assert served.json()["data"][0]["object"] == "embedding"
