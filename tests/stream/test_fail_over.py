@@ -26,6 +26,7 @@ from server.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from server.limits.retry_budget import RetryBudget
 from server.sse import DONE
 from server.stream.attempt import Attempt
 from server.stream.channel import StreamEnd
@@ -337,3 +338,52 @@ def test_commit_point_rules_bypass_max_attempts_and_the_budget() -> None:
     cut = committed_then(failover, progress, ROLE, chunk(content="a"))
     assert failover.ended(cut, 50.0).verdict == "continue"
     assert failover.next_attempt(50.0) == CONTINUATION
+
+
+# ------------------------------------------------------------------ the retry budget
+
+
+def budgeted(policy: RetryPolicy = POLICY, progress: StreamProgress | None = None,
+             **budgets: RetryBudget) -> FailOver:
+    return FailOver(request(), policy, progress or StreamProgress(), random.Random(7),
+                    started=0.0, keep_text=True, budgets=budgets)
+
+
+def test_re_requests_are_charged_to_the_backend_that_failed() -> None:
+    primary = RetryBudget(ratio=0.0, min_per_second=0.2, window=10)  # 2 re-requests
+    secondary = RetryBudget(ratio=0.0, min_per_second=0.0, window=10)  # none
+    steps, end = walk(budgeted(primary=primary, secondary=secondary), [status(500)])
+    # The primary pays for its retry and its fail-over; the secondary can pay for nothing.
+    assert verdicts(steps) == [("primary", "retry"), ("primary", "fail_over"),
+                               ("secondary", "give_up")]
+    assert end is not None and end.error is not None and end.error.status == 502
+    assert primary.available(0.0) == 0
+
+
+def test_a_spent_budget_says_so() -> None:
+    failover = budgeted(primary=RetryBudget(ratio=0.0, min_per_second=0.0, window=10))
+    failover.start("primary", TIMEOUTS, 0.0)
+    after = failover.ended(StreamEnd(status(503)), 0.0)
+    assert after.over and after.budget_exhausted
+    assert after.end is not None and after.end.error is not None
+
+
+def test_a_request_feeds_the_budget_of_its_first_backend_only() -> None:
+    primary = RetryBudget(ratio=1.0, min_per_second=0.0, window=10)
+    secondary = RetryBudget(ratio=1.0, min_per_second=0.0, window=10)
+    failover = budgeted(primary=primary, secondary=secondary)
+    failover.start("primary", TIMEOUTS, 0.0)
+    assert failover.ended(StreamEnd(UpstreamTimeout("first_chunk", 1)), 0.0).verdict \
+        == "fail_over"  # paid by the primary's own request
+    failover.start("secondary", TIMEOUTS, 0.0)  # a re-request: it feeds nothing
+    assert secondary.available(0.0) == 0
+    assert failover.ended(StreamEnd(UpstreamTimeout("first_chunk", 1)), 0.0).budget_exhausted
+
+
+def test_continuations_are_charged_too() -> None:
+    progress = StreamProgress()
+    failover = budgeted(progress=progress,
+                        primary=RetryBudget(ratio=0.0, min_per_second=0.0, window=10))
+    cut = committed_then(failover, progress, ROLE, chunk(content="Once "))
+    after = failover.ended(cut, 0.0)
+    assert after.budget_exhausted and after.end is not None and after.end.error is cut.error
