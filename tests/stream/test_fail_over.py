@@ -30,6 +30,7 @@ from server.limits.retry_budget import RetryBudget
 from server.sse import DONE
 from server.stream.attempt import Attempt
 from server.stream.channel import StreamEnd
+from server.stream.continuation import refused_prefill
 from server.stream.fail_over import CONTINUATION, FRESH, FailOver, NextAttempt
 from server.stream.progress import StreamProgress
 
@@ -387,3 +388,24 @@ def test_continuations_are_charged_too() -> None:
     cut = committed_then(failover, progress, ROLE, chunk(content="Once "))
     after = failover.ended(cut, 0.0)
     assert after.budget_exhausted and after.end is not None and after.end.error is cut.error
+
+
+# ------------------------------------------------- who may continue: the cut one, last
+
+
+def test_the_cut_backend_may_continue_last_and_a_refusing_one_not_at_all() -> None:
+    progress = StreamProgress()
+    failover = plan(RetryPolicy(continuation_attempts=3), progress)
+    cut = committed_then(failover, progress, ROLE, chunk(content="Once "))
+    assert failover.ended(cut, 0.0).verdict == "continue"
+    assert failover.excluded == {"primary"} and failover.last_resort == {"primary"}
+    refusal = failover.start("secondary", TIMEOUTS, 0.0)
+    assert refused_prefill(refusal.request, status(400))
+    assert not refused_prefill(request(), status(400))  # not a continuation: not a refusal
+    assert not refused_prefill(refusal.request, status(503))  # a failure, not a refusal
+    after = failover.ended(StreamEnd(status(400)), 0.0)
+    assert after.verdict == "continue"
+    assert failover.last_resort == {"primary"} and "secondary" in failover.excluded
+    failover.start("primary", TIMEOUTS, 0.0)
+    again = failover.ended(StreamEnd(StreamCut("cut", detail="again")), 0.0)
+    assert again.verdict == "continue" and failover.last_resort == set()  # cut twice: out
