@@ -413,3 +413,23 @@ def test_the_document_is_not_modified() -> None:
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+def test_a_models_table_names_fallbacks_hedging_and_strategy() -> None:
+    from server.config import ModelSettings
+
+    backends = [{"name": "a", "kind": "simulated", "models": ["small", "long", "longer"]}]
+    settings = parse_settings({"backends": backends, "models": {
+        "small": {"context_fallback": ["long", "longer"], "hedge_after": 2,
+                  "strategy": "latency"},
+        "long": {"context_fallback": "longer", "hedge_after": "auto"}}})
+    assert settings.model("small") == ModelSettings(
+        context_fallback=("long", "longer"), hedge_after=2.0, strategy="latency")
+    assert settings.model("long").hedge_after == "auto"
+    assert settings.model("other") == ModelSettings()
+    for bad, path in [({"context_fallback": "nowhere"}, "context_fallback"),
+                      ({"context_fallback": "small"}, "context_fallback"),
+                      ({"hedge_after": 0}, "hedge_after"), ({"hedge_after": "soon"}, "hedge_after"),
+                      ({"strategy": "fastest"}, "strategy"), ({"hedge": 1}, "hedge")]:
+        with pytest.raises(ConfigError, match=rf'models\.small\.{path}'):
+            parse_settings({"backends": backends, "models": {"small": bad}})

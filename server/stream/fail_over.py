@@ -205,7 +205,8 @@ class FailOver:
         self._last_error = error
         if exceeds_context(error) and self._fallbacks:
             self.model = self._fallbacks.pop(0)  # the same request, a model with more room
-            self._request = replace(self._request, model=self.model)
+            self._request = replace(self._request, model=self.model,
+                                    body={**self._request.body, "model": self.model})
             self.excluded.clear()
             self._retry_on, self._retries_here, self._fresh = None, 0, True
             return _FALL_BACK

@@ -409,3 +409,34 @@ def test_the_cut_backend_may_continue_last_and_a_refusing_one_not_at_all() -> No
     failover.start("primary", TIMEOUTS, 0.0)
     again = failover.ended(StreamEnd(StreamCut("cut", detail="again")), 0.0)
     assert again.verdict == "continue" and failover.last_resort == set()  # cut twice: out
+
+
+# ------------------------------------------------------------------ context fallback
+
+
+def too_long(message: str = "no", code: str | None = "context_length_exceeded") -> SluiceError:
+    body = orjson.dumps({"error": {"message": message, "code": code}})
+    return status_error(400, body, None, secrets=())
+
+
+def test_a_request_too_long_goes_to_each_fallback_model_once() -> None:
+    failover = FailOver(request(), POLICY, StreamProgress(), random.Random(7), started=0.0,
+                        keep_text=False, fallback_models=("m", "long", "longer", "long"))
+    failover.start("primary", TIMEOUTS, 0.0)
+    assert failover.ended(StreamEnd(too_long()), 0.0).verdict == "fall_back"
+    assert failover.model == "long" and failover.excluded == set()
+    attempt = failover.start("primary", TIMEOUTS, 0.0)  # the same backend may serve it
+    assert attempt.request.model == "long" and attempt.request.body["model"] == "long"
+    assert attempt.request.body["messages"] == request().body["messages"]
+    assert failover.ended(StreamEnd(too_long("maximum context length is 4096 tokens", None)),
+                          0.0).verdict == "fall_back"
+    assert failover.model == "longer"
+    failover.start("primary", TIMEOUTS, 0.0)
+    after = failover.ended(StreamEnd(too_long()), 0.0)  # no model left ("m" is the request's)
+    assert after.verdict == "give_up"
+
+
+def test_without_a_fallback_model_a_request_too_long_is_relayed() -> None:
+    steps, end = walk(plan(), [too_long()])
+    assert verdicts(steps) == [("primary", "give_up")]
+    assert end is not None and end.error is not None and end.error.status == 400
