@@ -111,6 +111,14 @@ class RetryPolicy:
     backoff_max: float = 5.0
     budget: float = 120.0  # total seconds from request to commit, retries included
     continuation_attempts: int = 2  # re-requests after a cut, with prefill-capable backends
+    # The retry budget, per backend (server.limits.retry_budget): re-requests its failures
+    # may cause over `budget_window` seconds: this share of its requests, plus a floor.
+    budget_ratio: float = 0.2
+    budget_min_per_second: float = 1.0
+    budget_window: float = 10.0
+    # A backend that refuses a prefill continuation is not asked for one again this long.
+    prefill_cooldown: float = 600.0
+    hedge_share: float = 0.1  # of a backend's recent requests, at most this share hedged
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +161,19 @@ class ChatApiSettings:
     default_model: str | None = None  # when a request names none; None: the first model
 
 
+Strategy = Literal["least_busy", "latency"]
+STRATEGIES: tuple[Strategy, ...] = ("least_busy", "latency")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """What one model's requests may do besides fail-over (``[models."name"]``)."""
+
+    context_fallback: tuple[str, ...] = ()  # models to try when a request does not fit
+    hedge_after: float | Literal["auto"] | None = None  # seconds; "auto": the backend's p95
+    strategy: Strategy = "least_busy"  # how a route is chosen within a tier
+
+
 @dataclass(frozen=True, slots=True)
 class LoggingSettings:
     """What Sluice logs, and how (`server.access_log`)."""
@@ -186,6 +207,11 @@ class Settings:
     resume: ResumeSettings = field(default_factory=ResumeSettings)
     state: StateSettings = field(default_factory=StateSettings)  # server.limits.state_settings
     auth: AuthSettings = field(default_factory=AuthSettings)  # server.keys.settings
+    models: Mapping[str, ModelSettings] = field(default_factory=dict)
+
+    def model(self, name: str) -> ModelSettings:
+        """The model's own settings (the defaults if it has no ``[models]`` table)."""
+        return self.models.get(name) or _DEFAULT_MODEL
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -225,6 +251,7 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
     resume = _resume(table.table("resume"))
     state = parse_state(table.table("state"))
     auth = parse_auth(table.table("auth"))
+    models_table = table.table("models")
     raw_backends: list[Any] | None = table.take("backends", list, None)
     table.finish()
     if not raw_backends:
@@ -240,7 +267,8 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
     return Settings(backends=backends, server=server, timeouts=timeouts, retry=retry,
                     breaker=breaker, admission=admission, cors=cors,
                     chat=_chat(chat_table, backends), logging=logging,
-                    resume=resume, state=state, auth=auth)
+                    resume=resume, state=state, auth=auth,
+                    models=_models(models_table, backends))
 
 
 def backend_path(name: str) -> str:
@@ -282,7 +310,15 @@ def _retry(table: _Table) -> RetryPolicy:
         budget=table.number("budget", d.budget),
         continuation_attempts=table.take("continuation_attempts", int,
                                          d.continuation_attempts, _not_negative),
+        budget_ratio=table.number("budget_ratio", d.budget_ratio, allow_zero=True),
+        budget_min_per_second=table.number("budget_min_per_second", d.budget_min_per_second,
+                                           allow_zero=True),
+        budget_window=table.number("budget_window", d.budget_window),
+        prefill_cooldown=table.number("prefill_cooldown", d.prefill_cooldown, allow_zero=True),
+        hedge_share=table.number("hedge_share", d.hedge_share, allow_zero=True),
     )
+    if policy.hedge_share > 1:
+        raise ConfigError(f"{table.path}.hedge_share: must be ≤ 1, got {policy.hedge_share}")
     table.finish()
     return policy
 
@@ -390,6 +426,38 @@ def _resume(table: _Table) -> ResumeSettings:
     )
     table.finish()
     return settings
+
+
+_DEFAULT_MODEL = ModelSettings()
+
+
+def _models(table: _Table, backends: tuple[BackendSettings, ...]) -> dict[str, ModelSettings]:
+    models = {}
+    for name in list(table.remaining):
+        entry = table.table(name)
+        fallback: Any = entry.remaining.pop("context_fallback", [])
+        names: list[Any] = [fallback] if isinstance(fallback, str) else fallback
+        if not isinstance(names, list):
+            raise ConfigError(f"{entry.path}.context_fallback: expected a model name or a "
+                              f"list of them, got {fallback!r}")
+        for i, other in enumerate(names):
+            if not isinstance(other, str) or not any(b.serves(other) for b in backends):
+                raise ConfigError(f"{entry.path}.context_fallback: no backend serves {other!r}")
+            if other == name or other in names[:i]:
+                raise ConfigError(f"{entry.path}.context_fallback: {other!r} repeats a model")
+        hedge: Any = entry.remaining.pop("hedge_after", None)
+        if hedge is not None and hedge != "auto" and (
+                isinstance(hedge, bool) or not isinstance(hedge, int | float) or not hedge > 0):
+            raise ConfigError(f"{entry.path}.hedge_after: expected seconds > 0 or \"auto\", "
+                              f"got {hedge!r}")
+        models[name] = ModelSettings(
+            context_fallback=tuple(names),
+            hedge_after=hedge if hedge in (None, "auto") else float(hedge),
+            strategy=entry.take("strategy", str, "least_busy",  # type: ignore[arg-type]
+                                _one_of(STRATEGIES)),
+        )
+        entry.finish()
+    return models
 
 
 def _timeouts(table: _Table, inherited: Timeouts) -> Timeouts:

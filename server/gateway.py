@@ -73,7 +73,7 @@ from server.serving.lifecycle import Lifecycle
 from server.stream.background import BackgroundStreams, watch_background
 from server.stream.channel import BodyWriter
 from server.stream.nursery import StreamPlan
-from server.stream.pump import PumpContext
+from server.stream.pump import PumpContext, fallback_routes
 from server.stream.writers import write_completion, write_sse
 
 log = logging.getLogger("sluice")
@@ -117,7 +117,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     @app.before_serving
     async def open_serving() -> None:
         backends = await lifetime.enter_async_context(open_backends(settings, environ))
-        gateway.routes = make_routes(backends, settings.breaker)
+        gateway.routes = make_routes(backends, settings.breaker, settings.retry)
         await app.nursery.start(background.serve)
         if gateway.tenancy is not None:  # API keys: their store (Redis: one client per worker)
             keeper = GateKeeper(settings.auth, settings.state, gateway.tenancy)
@@ -297,7 +297,9 @@ class Gateway:
             received_at=received_at,
             pump=PumpContext(routes=routes, policy=self.settings.retry,
                              queue_timeout=admission.queue_timeout, metrics=self.metrics,
-                             rng=self.rng),
+                             rng=self.rng, model=self.settings.model(chat.model),
+                             fallback_routes=fallback_routes(self.routes, self.settings,
+                                                             chat.model)),
             slots=self.slots,
             lifecycle=self.lifecycle,
             weight=admission.stream_weight if chat.stream else admission.buffered_weight,

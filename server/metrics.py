@@ -73,6 +73,29 @@ class Metrics:
             ["backend", "state"], registry=r)
         self.rate_limited = Counter(
             "sluice_rate_limited", "Requests refused by the per-client rate limit.", registry=r)
+        # Fail-over, second round (server.stream.pump, server.stream.hedge).
+        self.retry_budget_exhausted = Counter(
+            "sluice_retry_budget_exhausted",
+            "Requests not tried again because the failing backend's retry budget was spent.",
+            registry=r)
+        self.prefill_refusals = Counter(
+            "sluice_prefill_refusals",
+            "Continuations refused by a backend that declared it could continue a prefill.",
+            ["backend"], registry=r)
+        self.context_fallbacks = Counter(
+            "sluice_context_fallbacks",
+            "Requests too long for their model, sent on to a fallback model (labelled).",
+            ["model"], registry=r)
+        self.hedges_started = Counter(
+            "sluice_hedges_started", "Second attempts raced against a slow first token.",
+            registry=r)
+        self.hedges_won = Counter(
+            "sluice_hedges_won", "Hedges whose first token came before the first attempt's.",
+            registry=r)
+        self.hedge_wasted_payloads = Counter(
+            "sluice_hedge_wasted_payloads",
+            "Upstream payloads a hedge race's loser had read when it lost, never relayed.",
+            registry=r)
         for outcome in OUTCOMES:  # export zeros, so rates exist before the first event
             self.stream_outcomes.labels(outcome)
         self.genai_time_to_first_token = Histogram(

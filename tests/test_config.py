@@ -449,3 +449,21 @@ def test_resume_settings() -> None:
 ])
 def test_bad_resume_settings(resume: dict[str, Any], message: str) -> None:
     assert config_error({"backends": [OPENAI], "resume": resume}) == message
+def test_a_models_table_names_fallbacks_hedging_and_strategy() -> None:
+    from server.config import ModelSettings
+
+    backends = [{"name": "a", "kind": "simulated", "models": ["small", "long", "longer"]}]
+    settings = parse_settings({"backends": backends, "models": {
+        "small": {"context_fallback": ["long", "longer"], "hedge_after": 2,
+                  "strategy": "latency"},
+        "long": {"context_fallback": "longer", "hedge_after": "auto"}}})
+    assert settings.model("small") == ModelSettings(
+        context_fallback=("long", "longer"), hedge_after=2.0, strategy="latency")
+    assert settings.model("long").hedge_after == "auto"
+    assert settings.model("other") == ModelSettings()
+    for bad, path in [({"context_fallback": "nowhere"}, "context_fallback"),
+                      ({"context_fallback": "small"}, "context_fallback"),
+                      ({"hedge_after": 0}, "hedge_after"), ({"hedge_after": "soon"}, "hedge_after"),
+                      ({"strategy": "fastest"}, "strategy"), ({"hedge": 1}, "hedge")]:
+        with pytest.raises(ConfigError, match=rf'models\.small\.{path}'):
+            parse_settings({"backends": backends, "models": {"small": bad}})

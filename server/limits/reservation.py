@@ -18,6 +18,9 @@ one, up to ``queue_timeout`` (``0``: no wait).
 ``prefer`` names the route of a retry: it is taken again if its breaker
 still lets a request through (waiting for its slot if another stream took
 it meanwhile); if the breaker tripped meanwhile, another route is picked.
+``last_resort`` names routes that are excluded unless nothing else is
+usable (a backend that cut the answer a continuation is to repair).
+``strategy`` is the model's way of choosing within a tier.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 
 import trio
 
+from server.config import Strategy
 from server.errors import NoBackendAvailable, SluiceError
 from server.limits.breaker import State
 from server.limits.retry_policy import counts_against_backend
@@ -55,10 +59,16 @@ class Reservation:
 
 @asynccontextmanager
 async def reserve(routes: Sequence[Route], excluded: set[str], rng: random.Random, *,
-                  queue_timeout: float, prefer: str | None = None
-                  ) -> AsyncIterator[Reservation | None]:
+                  queue_timeout: float, prefer: str | None = None,
+                  last_resort: frozenset[str] | set[str] = frozenset(),
+                  strategy: Strategy = "least_busy") -> AsyncIterator[Reservation | None]:
     """A slot of the best usable route for the next attempt, held until the ``async with`` ends."""
-    reservation = await _take(routes, excluded, rng, queue_timeout, prefer)
+    reservation = None
+    if last_resort:
+        reservation = await _take(routes, excluded | last_resort, rng, 0.0, None, strategy)
+        excluded = excluded - last_resort
+    if reservation is None:
+        reservation = await _take(routes, excluded, rng, queue_timeout, prefer, strategy)
     if reservation is None:
         yield None
         return
@@ -79,13 +89,14 @@ def no_backend(routes: Sequence[Route], now: float) -> NoBackendAvailable:
 
 
 async def _take(routes: Sequence[Route], excluded: set[str], rng: random.Random,
-                queue_timeout: float, prefer: str | None) -> Reservation | None:
+                queue_timeout: float, prefer: str | None,
+                strategy: Strategy) -> Reservation | None:
     now = trio.current_time()
     if prefer is not None:
         again = next((r for r in routes if r.name == prefer), None)
         if again is not None and again.breaker.allow(now):
             return await _wait_for_slot(again, queue_timeout)
-    route = pick(routes, excluded, now, rng)
+    route = pick(routes, excluded, now, rng, strategy=strategy)
     if route is not None:
         route.limiter.acquire_nowait()  # `pick` saw room, and nothing has run since
         return Reservation(route, _holds_probe(route))

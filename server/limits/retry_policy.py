@@ -80,3 +80,17 @@ def counts_against_backend(error: SluiceError) -> bool:
     attempt cancelled because the client left has no outcome and never gets here.
     """
     return isinstance(error, UpstreamError) and error.retryable
+
+
+def exceeds_context(error: SluiceError) -> bool:
+    """Did the upstream refuse the request as longer than its model's context window?
+
+    OpenAI says so with the code ``context_length_exceeded``; vLLM and others
+    answer a 400 whose message speaks of the "maximum context length".
+    """
+    if not isinstance(error, UpstreamStatusError) or error.upstream_status != 400:
+        return False
+    if error.code == "context_length_exceeded":
+        return True
+    text = f"{error.public_message} {error.code or ''}".lower()
+    return "context length" in text or "context_length" in text or "context window" in text

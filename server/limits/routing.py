@@ -20,6 +20,13 @@ Envoy's panic threshold — to the route whose cooldown ends first. Its
 outcome then counts like a probe's: a success closes the circuit.
 
     route = pick(routes, excluded, now, rng)     # None: nothing usable
+
+The ``latency`` strategy (a model's ``strategy = "latency"``) chooses within
+a tier the route with the lowest exponentially weighted first-token time
+(`server.limits.latency`) instead: for backends of different speeds, where
+least-busy would share the traffic evenly. A route never measured is tried
+first, and one request in ``EXPLORE`` goes to a random route of the tier,
+so a backend that was slow and recovered is seen again.
 """
 
 from __future__ import annotations
@@ -33,10 +40,14 @@ from dataclasses import dataclass, field
 import trio
 
 from server.backends.base import Backend
-from server.config import BreakerSettings
+from server.config import BreakerSettings, RetryPolicy, Strategy
 from server.limits.breaker import CircuitBreaker
+from server.limits.latency import FirstTokenStats
+from server.limits.retry_budget import RetryBudget
 
 log = logging.getLogger("sluice.routing")
+
+EXPLORE = 0.05  # with the latency strategy, the share of picks made at random in the tier
 
 
 @dataclass(eq=False)
@@ -44,11 +55,25 @@ class Route:
     backend: Backend
     breaker: CircuitBreaker
     limiter: trio.CapacityLimiter = field(init=False)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     panic_routes: int = field(default=0, init=False)  # requests sent although its circuit refused
+    # What this backend's failures may cost in re-requests, and its hedges (retry_budget).
+    retry_budget: RetryBudget = field(init=False)
+    hedge_budget: RetryBudget = field(init=False)
+    first_token: FirstTokenStats = field(default_factory=FirstTokenStats, init=False)
+    # Until when a declared prefill continuation is not asked of it (it refused one).
+    prefill_refused_until: float = field(default=-math.inf, init=False)
 
     def __post_init__(self) -> None:
         limit = self.backend.settings.max_concurrency
         self.limiter = trio.CapacityLimiter(math.inf if limit is None else limit)
+        retry = self.retry
+        self.retry_budget = RetryBudget(ratio=retry.budget_ratio,
+                                        min_per_second=retry.budget_min_per_second,
+                                        window=retry.budget_window)
+        self.hedge_budget = RetryBudget(ratio=retry.hedge_share,
+                                        min_per_second=retry.budget_min_per_second,
+                                        window=retry.budget_window)
 
     @property
     def name(self) -> str:
@@ -63,8 +88,10 @@ class Route:
         return self.limiter.available_tokens >= 1
 
 
-def make_routes(backends: Iterable[Backend], breaker: BreakerSettings) -> tuple[Route, ...]:
-    return tuple(Route(b, CircuitBreaker(breaker)) for b in backends)
+def make_routes(backends: Iterable[Backend], breaker: BreakerSettings,
+                retry: RetryPolicy | None = None) -> tuple[Route, ...]:
+    retry = RetryPolicy() if retry is None else retry
+    return tuple(Route(b, CircuitBreaker(breaker), retry) for b in backends)
 
 
 def candidates(routes: Sequence[Route], model: str) -> tuple[Route, ...]:
@@ -82,8 +109,18 @@ def least_busy(tier: Sequence[Route], rng: random.Random) -> Route:
     return rng.choices(idle, weights=[r.backend.settings.weight for r in idle])[0]
 
 
+def fastest(tier: Sequence[Route], rng: random.Random) -> Route:
+    """Lowest average first-token time; unmeasured routes first; sometimes one at random."""
+    if len(tier) > 1 and rng.random() < EXPLORE:
+        return rng.choice(tier)
+    unmeasured = [r for r in tier if r.first_token.ewma is None]
+    if unmeasured:
+        return least_busy(unmeasured, rng)
+    return min(tier, key=lambda r: r.first_token.ewma or 0.0)
+
+
 def pick(routes: Sequence[Route], excluded: set[str], now: float, rng: random.Random,
-         *, need_room: bool = True) -> Route | None:
+         *, need_room: bool = True, strategy: Strategy = "least_busy") -> Route | None:
     """The route for the next attempt: first usable tier, least busy within it.
 
     A route is usable when it is not excluded (it failed this request), its
@@ -99,7 +136,8 @@ def pick(routes: Sequence[Route], excluded: set[str], now: float, rng: random.Ra
         if not route.breaker.blocks(now) and (route.has_room or not need_room):
             by_tier.setdefault(route.backend.settings.priority, []).append(route)
     if by_tier:
-        route = least_busy(by_tier[min(by_tier)], rng)
+        tier = by_tier[min(by_tier)]
+        route = fastest(tier, rng) if strategy == "latency" else least_busy(tier, rng)
         route.breaker.allow(now)  # it does not block, so this says yes (and may take the probe)
         return route
     if eligible and all(r.breaker.blocks(now) for r in eligible):

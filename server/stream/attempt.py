@@ -31,6 +31,10 @@ re-sorts its deadline heap — at 50 chunks/s it was 8.6% of the worker's CPU
 — so the idle timer is re-armed only when it would move by more than
 `REARM_SLACK` of ``idle``: it may fire that much early.
 
+**A hedge race** (`server.stream.pump`) runs two attempts of one request
+at once; the first to commit wins, and the other is marked ``lost``: it
+sends nothing more (`LOST`), whatever it had already read.
+
 **A continuation** (``continuing``: the stream was committed by an earlier
 attempt) drops its own preamble and rewrites its usage to count the whole
 answer (`server.stream.continuation`).
@@ -82,20 +86,26 @@ FLUSH_SEND = Action("FLUSH_SEND", sends=True, flushes=True)
 FLUSH_SEND_REARMED = Action("FLUSH_SEND_REARMED", sends=True, flushes=True, rearms=True)
 COMPLETE = Action("COMPLETE", flushes=True)  # [DONE]: send the clean end, then drain
 END = Action("END")  # the attempt failed: `attempt.error` says how
+LOST = Action("LOST")  # another attempt won the hedge race: send nothing, stop at once
+_SENDS = ((SEND, SEND_REARMED), (FLUSH_SEND, FLUSH_SEND_REARMED))  # [flushes][rearms]
 
 
 class Attempt:
     """One upstream request of a stream, from its first payload to its end."""
 
     __slots__ = ("_content", "_continuing", "_first_chunk", "_held", "_idle", "_keep_text",
-                 "_progress", "_slack", "backend", "deadline", "error", "outgoing", "request")
+                 "_progress", "_slack", "backend", "deadline", "error", "lost", "outgoing",
+                 "request", "started", "wasted")
 
     def __init__(self, request: ChatRequest, progress: StreamProgress, backend: str, *,
                  started: float, first_chunk: float, idle: float, continuing: bool,
                  keep_text: bool) -> None:
         self.request = request  # what this attempt sends upstream
         self.backend = backend
+        self.started = started
         self.deadline = started + first_chunk  # when the attempt's timer fires
+        self.lost = False  # set when another attempt of a hedge race committed first
+        self.wasted = 0  # content chunks received after losing, never sent
         self.outgoing = b""  # the payload to send, after a sending action
         self.error: SluiceError | None = None  # why the attempt failed, after END
         self._progress = progress
@@ -111,6 +121,9 @@ class Attempt:
         """One upstream event's data (a chunk's JSON or ``[DONE]``), received at ``now``."""
         if not payload.strip():
             return DROP  # `data:` with nothing in it: a keepalive in disguise
+        if self.lost:  # already read when the winner committed; cancelled at the next await
+            self.wasted += 1
+            return LOST
         progress = self._progress
         if payload == DONE:
             if not self._content and not progress.finished:

@@ -7,7 +7,7 @@ assistant message; the client then reads one answer. Pure functions over the
 stream's `StreamProgress`:
 
     if may_continue(progress, policy):                # not finished, no tool calls, within bounds
-        routes = prefill_routes(model_routes)         # only those that declared it
+        routes = capable_routes(prefill_routes(model_routes), now)  # declared it, not refused since
         request = continued(request, progress)        # the text so far as the answer's start
     # while relaying (`server.stream.attempt`):
     note_content(chunk, progress)                     # keep the text, notice tool calls
@@ -15,7 +15,9 @@ stream's `StreamProgress`:
 
 The rules, on purpose: a finished answer needs no continuation; tool-call
 arguments cannot be prefilled, so a stream that relayed a tool call is never
-continued; at most ``continuation_attempts`` continuations. A continuation's
+continued; at most ``continuation_attempts`` continuations. A backend that declared
+prefill but answers one with a 400 (`refused_prefill`) is not asked again
+for the retry policy's ``prefill_cooldown``. A continuation's
 own role-only preamble is dropped (the client has one), and its usage counts
 the prefill as prompt: `whole_answer_usage` moves it back to completion,
 exactly when the upstream sends one token per content chunk (vLLM,
@@ -33,6 +35,8 @@ from typing import Any
 
 from server.api.chat_completions import ChatRequest
 from server.config import RetryPolicy
+from server.errors import SluiceError, UpstreamStatusError
+from server.limits.retry_policy import counts_against_backend
 from server.limits.routing import Route
 from server.stream.progress import StreamProgress
 
@@ -40,6 +44,23 @@ from server.stream.progress import StreamProgress
 def prefill_routes(routes: Sequence[Route]) -> tuple[Route, ...]:
     """The routes whose backend declared it can continue a final assistant message."""
     return tuple(r for r in routes if r.backend.settings.continuation == "prefill")
+
+
+def capable_routes(routes: Sequence[Route], now: float) -> tuple[Route, ...]:
+    """The routes that declared prefill and have not refused one within their cool-down."""
+    return tuple(r for r in routes if r.prefill_refused_until <= now)
+
+
+def refused_prefill(request: ChatRequest, error: SluiceError | None) -> bool:
+    """Did a backend asked to continue a prefill refuse it (a 400-class answer)?
+
+    A backend that declares ``continuation = "prefill"`` but answers a
+    continuation with a request error cannot do it after all (vLLM without
+    ``continue_final_message``, a hosted API that forbids a final assistant
+    message); it was the prefill it refused, not the request, which it served.
+    """
+    return (request.continues_answer and isinstance(error, UpstreamStatusError)
+            and not counts_against_backend(error))
 
 
 def may_continue(progress: StreamProgress, policy: RetryPolicy) -> bool:

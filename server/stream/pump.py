@@ -27,20 +27,24 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
 from server.api.chat_completions import ChatRequest
-from server.config import RetryPolicy
+from server.config import ModelSettings, RetryPolicy, Settings
 from server.errors import ShuttingDown, SluiceError
 from server.limits.reservation import Reservation, no_backend, reserve
-from server.limits.routing import Route
+from server.limits.retry_budget import RetryBudget
+from server.limits.routing import Route, candidates
 from server.metrics import Metrics
-from server.stream.attempt import COMPLETE, END, Attempt
+from server.stream.attempt import COMPLETE, END, LOST, Attempt
 from server.stream.channel import ChannelItem, StreamEnd
-from server.stream.continuation import prefill_routes
-from server.stream.fail_over import FailOver
+from server.stream.continuation import capable_routes, prefill_routes, refused_prefill
+from server.stream.fail_over import AfterAttempt, FailOver
+from server.stream.hedge import race
 from server.stream.outcome import Outcome, attempt_outcome
 from server.stream.progress import StreamProgress
 
@@ -48,6 +52,7 @@ log = logging.getLogger("sluice.pump")
 
 # After [DONE], how long to keep reading so the connection can be reused.
 _DRAIN_SECONDS = 1.0
+_NO_MODEL_SETTINGS = ModelSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +64,31 @@ class PumpContext:
     queue_timeout: float
     metrics: Metrics
     rng: random.Random
-    # The routes that can continue a cut; if there are none, the relayed text is not kept.
-    prefill_routes: tuple[Route, ...] = field(init=False)
+    model: ModelSettings = _NO_MODEL_SETTINGS  # hedging, strategy, context fallback
+    # The routes of each context-fallback model that has any, in the order to try them.
+    fallback_routes: Mapping[str, tuple[Route, ...]] = field(default_factory=dict)
+    # Whether any route can continue a cut; if none can, the relayed text is not kept.
+    keeps_text: bool = field(init=False)
+    budgets: Mapping[str, RetryBudget] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prefill_routes", prefill_routes(self.routes))
+        every = (*self.routes, *(r for rs in self.fallback_routes.values() for r in rs))
+        object.__setattr__(self, "keeps_text", bool(prefill_routes(every)))
+        object.__setattr__(self, "budgets", {r.name: r.retry_budget for r in every})
+
+    def routes_for(self, model: str) -> tuple[Route, ...]:
+        return self.fallback_routes.get(model, self.routes)
+
+
+def fallback_routes(routes: tuple[Route, ...], settings: Settings,
+                    model: str) -> dict[str, tuple[Route, ...]]:
+    """The routes of each of ``model``'s context fallbacks that has any, in order."""
+    found = {}
+    for other in settings.model(model).context_fallback:
+        serving = candidates(routes, other)
+        if serving:
+            found[other] = serving
+    return found
 
 
 async def pump_upstream(
@@ -96,19 +121,37 @@ async def _serve(
 ) -> StreamEnd | None:
     """Attempts until one completes or nothing more may be tried; return how it ended."""
     plan = FailOver(request, context.policy, progress, context.rng,
-                    started=trio.current_time(), keep_text=bool(context.prefill_routes))
-    while not isinstance(step := plan.next_attempt(trio.current_time()), StreamEnd):
-        routes, wait = ((context.prefill_routes, 0.0) if step.continues
-                        else (context.routes, context.queue_timeout))
+                    started=trio.current_time(), keep_text=context.keeps_text,
+                    budgets=context.budgets, fallback_models=tuple(context.fallback_routes))
+    while not isinstance(step := plan.next_attempt(now := trio.current_time()), StreamEnd):
+        routes = context.routes_for(plan.model)
+        wait = context.queue_timeout
+        if step.continues:  # only backends that can continue, the one that cut last
+            routes, wait = capable_routes(prefill_routes(routes), now), 0.0
         async with reserve(routes, plan.excluded, context.rng, queue_timeout=wait,
-                           prefer=step.prefer) as reservation:
+                           prefer=step.prefer, strategy=context.model.strategy,
+                           last_resort=plan.last_resort if step.continues else frozenset()
+                           ) as reservation:
             if reservation is None:
-                return plan.unreserved(no_backend(context.routes, trio.current_time()))
+                return plan.unreserved(no_backend(routes, trio.current_time()))
             route = reservation.route
             attempt = plan.start(route.name, route.backend.settings.timeouts,
                                  trio.current_time())
-            end = await _attempt(reservation, attempt, channel, context.metrics)
-        after = plan.ended(end, trio.current_time())
+            delay = None if step.continues else hedge_delay(context.model, route)
+            if delay is None:
+                end = await _attempt(reservation, attempt, None, channel=channel,
+                                     metrics=context.metrics)
+                backend = None
+            else:
+                backend, end = await race(
+                    plan, reservation, attempt, delay,
+                    partial(reserve, routes, rng=context.rng, queue_timeout=0.0,
+                            strategy=context.model.strategy),
+                    context.metrics, partial(_attempt, channel=channel, metrics=context.metrics))
+        if refused_prefill(attempt.request, None if end is None else end.error):
+            _refused_prefill(route, context, trio.current_time())
+        after = plan.ended(end, trio.current_time(), backend=backend)
+        _note(after, plan, context)
         if after.over:
             return after.end
         if after.delay:
@@ -116,14 +159,48 @@ async def _serve(
     return step
 
 
+def _refused_prefill(route: Route, context: PumpContext, now: float) -> None:
+    """A backend declared prefill but refused one: not asked again for the cool-down."""
+    route.prefill_refused_until = now + context.policy.prefill_cooldown
+    context.metrics.prefill_refusals.labels(route.name).inc()
+    log.warning("backend %s declares continuation = \"prefill\" but refused a continuation: "
+                "not asked to continue for %.0f s", route.name, context.policy.prefill_cooldown)
+
+
+def _note(after: AfterAttempt, plan: FailOver, context: PumpContext) -> None:
+    """Metrics and logs of a verdict that is more than routine."""
+    if after.budget_exhausted:
+        context.metrics.retry_budget_exhausted.inc()
+        log.warning("retry budget spent: request not tried again (model %s)", plan.model)
+    elif after.verdict == "fall_back":
+        context.metrics.context_fallbacks.labels(plan.model).inc()
+        log.info("request too long for its model: trying model %s", plan.model)
+
+
+def hedge_delay(model: ModelSettings, route: Route) -> float | None:
+    """Seconds without content after which the attempt on ``route`` is hedged; None: never."""
+    if model.hedge_after == "auto":
+        return route.first_token.p95(AUTO_HEDGE_MIN_SAMPLES)
+    return model.hedge_after
+
+
+# With hedge_after = "auto", a backend's p95 is trusted from this many first tokens on.
+AUTO_HEDGE_MIN_SAMPLES = 10
+
+
 async def _attempt(reservation: Reservation, attempt: Attempt,
+                   on_commit: Callable[[], None] | None, *,
                    channel: trio.MemorySendChannel[ChannelItem],
                    metrics: Metrics) -> StreamEnd | None:
-    """One upstream request, accounted to its backend's breaker and metrics."""
+    """One upstream request, accounted to its backend's breaker and metrics.
+
+    ``on_commit`` is called when the attempt commits (a hedge race's winner).
+    An attempt cancelled (the client left, it lost a race) records nothing.
+    """
     route = reservation.route
     outcome: Outcome = "cancelled"
     try:
-        end = await _relay(route, attempt, channel)
+        end = await _relay(route, attempt, channel, on_commit)
         error = None if end is None else end.error
         outcome = attempt_outcome(error)
         change = reservation.record(error, trio.current_time())
@@ -137,10 +214,11 @@ async def _attempt(reservation: Reservation, attempt: Attempt,
         metrics.upstream_requests.labels(route.name, outcome).inc()
 
 
-async def _relay(route: Route, attempt: Attempt,
-                 channel: trio.MemorySendChannel[ChannelItem]) -> StreamEnd | None:
+async def _relay(route: Route, attempt: Attempt, channel: trio.MemorySendChannel[ChannelItem],
+                 on_commit: Callable[[], None] | None) -> StreamEnd | None:
     """Relay one upstream stream; return how it ended, or None if the clean end was sent."""
     timer = trio.CancelScope(deadline=attempt.deadline)
+    committed = False
     try:
         with timer:
             async with route.backend.open_stream(attempt.request) as payloads:
@@ -149,6 +227,9 @@ async def _relay(route: Route, attempt: Attempt,
                     if action.rearms:
                         timer.deadline = attempt.deadline
                     if action.flushes:
+                        if not committed:
+                            committed = True
+                            _committed(route, attempt, on_commit)
                         for held in attempt.take_held():
                             await _send(channel, held, timer)
                     if action.sends:
@@ -162,11 +243,22 @@ async def _relay(route: Route, attempt: Attempt,
                         return None
                     elif action is END and attempt.error is not None:
                         raise attempt.error  # leave by an error: the connection is not reused
+                    elif action is LOST:
+                        await trio.lowlevel.checkpoint()  # its scope is cancelled: this raises
+                        raise RuntimeError("an attempt lost its race but was not cancelled")
     except SluiceError as error:
         return StreamEnd(error)
     if timer.cancelled_caught:
         return attempt.timed_out()
     return attempt.body_ended()
+
+
+def _committed(route: Route, attempt: Attempt, on_commit: Callable[[], None] | None) -> None:
+    """The attempt's first content (or its finish) is going to the client."""
+    if not attempt.request.continues_answer:  # a continuation's first token is not comparable
+        route.first_token.add(trio.current_time() - attempt.started)
+    if on_commit is not None:
+        on_commit()
 
 
 async def _send(channel: trio.MemorySendChannel[ChannelItem], item: ChannelItem,

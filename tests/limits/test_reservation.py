@@ -253,3 +253,20 @@ async def test_a_retry_waits_for_its_backends_slot(
 async def _set_after(seconds: float, event: trio.Event) -> None:
     await trio.sleep(seconds)
     event.set()
+
+
+async def test_a_last_resort_route_is_taken_only_when_nothing_else_is(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    model = routes()
+
+    async def name(excluded: set[str], last: set[str]) -> str | None:
+        async with reserve(model, excluded, random.Random(1), queue_timeout=0,
+                           last_resort=last) as reservation:
+            return None if reservation is None else reservation.route.name
+
+    # The primary cut the answer: the fallback continues it if it can...
+    assert await name({"primary"}, {"primary"}) == "fallback"
+    # ...and when the fallback is out too, the primary is asked after all.
+    assert await name({"primary", "fallback"}, {"primary"}) == "primary"
+    assert await name({"primary", "fallback"}, set()) is None

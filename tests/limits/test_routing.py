@@ -143,3 +143,49 @@ def test_in_flight_and_room_follow_the_limiter() -> None:
     assert (made.in_flight, made.has_room) == (1, True)
     made.limiter.acquire_on_behalf_of_nowait(object())
     assert (made.in_flight, made.has_room) == (2, False)
+
+
+# ------------------------------------------------------------- the latency strategy
+
+
+def latency_pick(routes: list[Route], rng: random.Random) -> str | None:
+    chosen = pick(routes, set(), NOW, rng, strategy="latency")
+    return None if chosen is None else chosen.name
+
+
+def test_the_latency_strategy_prefers_the_fastest_first_token() -> None:
+    fast, slow, later = route("fast"), route("slow"), route("later p=1")
+    for seconds in (0.2, 0.1, 0.1):
+        fast.first_token.add(seconds)
+    slow.first_token.add(0.5)
+    later.first_token.add(0.01)  # a faster backend in a later tier: tiers still come first
+    picks = [latency_pick([slow, fast, later], random.Random(seed)) for seed in range(200)]
+    assert set(picks) == {"fast", "slow"}
+    assert 180 <= picks.count("fast") < 200  # the rest is exploration (5 %, half of it "fast")
+
+
+def test_an_unmeasured_route_is_tried_first() -> None:
+    measured, fresh = route("measured"), route("fresh")
+    measured.first_token.add(0.01)
+    picks = {latency_pick([measured, fresh], random.Random(seed)) for seed in range(20)}
+    assert "fresh" in picks
+
+
+def test_a_backend_that_slows_down_loses_the_traffic() -> None:
+    a, b = route("a"), route("b")
+    a.first_token.add(0.1)
+    b.first_token.add(0.3)
+    rng = random.Random(3)
+    assert latency_pick([a, b], random.Random(0)) == "a"
+    for _ in range(3):
+        a.first_token.add(0.6)  # it slowed down: its average follows in a few requests
+    assert a.first_token.ewma is not None and a.first_token.ewma > 0.3
+    assert latency_pick([a, b], rng) == "b"
+
+
+def test_a_busy_tier_still_uses_least_busy_by_default() -> None:
+    a, b = route("a busy=2"), route("b")
+    a.first_token.add(0.01)
+    b.first_token.add(5.0)
+    chosen = pick([a, b], set(), NOW, random.Random(1))
+    assert chosen is not None and chosen.name == "b"

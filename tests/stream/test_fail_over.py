@@ -26,9 +26,11 @@ from server.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from server.limits.retry_budget import RetryBudget
 from server.sse import DONE
 from server.stream.attempt import Attempt
 from server.stream.channel import StreamEnd
+from server.stream.continuation import refused_prefill
 from server.stream.fail_over import CONTINUATION, FRESH, FailOver, NextAttempt
 from server.stream.progress import StreamProgress
 
@@ -338,3 +340,104 @@ def test_commit_point_rules_bypass_max_attempts_and_the_budget() -> None:
     cut = committed_then(failover, progress, ROLE, chunk(content="a"))
     assert failover.ended(cut, 50.0).verdict == "continue"
     assert failover.next_attempt(50.0) == CONTINUATION
+
+
+# ------------------------------------------------------------------ the retry budget
+
+
+def budgeted(policy: RetryPolicy = POLICY, progress: StreamProgress | None = None,
+             **budgets: RetryBudget) -> FailOver:
+    return FailOver(request(), policy, progress or StreamProgress(), random.Random(7),
+                    started=0.0, keep_text=True, budgets=budgets)
+
+
+def test_re_requests_are_charged_to_the_backend_that_failed() -> None:
+    primary = RetryBudget(ratio=0.0, min_per_second=0.2, window=10)  # 2 re-requests
+    secondary = RetryBudget(ratio=0.0, min_per_second=0.0, window=10)  # none
+    steps, end = walk(budgeted(primary=primary, secondary=secondary), [status(500)])
+    # The primary pays for its retry and its fail-over; the secondary can pay for nothing.
+    assert verdicts(steps) == [("primary", "retry"), ("primary", "fail_over"),
+                               ("secondary", "give_up")]
+    assert end is not None and end.error is not None and end.error.status == 502
+    assert primary.available(0.0) == 0
+
+
+def test_a_spent_budget_says_so() -> None:
+    failover = budgeted(primary=RetryBudget(ratio=0.0, min_per_second=0.0, window=10))
+    failover.start("primary", TIMEOUTS, 0.0)
+    after = failover.ended(StreamEnd(status(503)), 0.0)
+    assert after.over and after.budget_exhausted
+    assert after.end is not None and after.end.error is not None
+
+
+def test_a_request_feeds_the_budget_of_its_first_backend_only() -> None:
+    primary = RetryBudget(ratio=1.0, min_per_second=0.0, window=10)
+    secondary = RetryBudget(ratio=1.0, min_per_second=0.0, window=10)
+    failover = budgeted(primary=primary, secondary=secondary)
+    failover.start("primary", TIMEOUTS, 0.0)
+    assert failover.ended(StreamEnd(UpstreamTimeout("first_chunk", 1)), 0.0).verdict \
+        == "fail_over"  # paid by the primary's own request
+    failover.start("secondary", TIMEOUTS, 0.0)  # a re-request: it feeds nothing
+    assert secondary.available(0.0) == 0
+    assert failover.ended(StreamEnd(UpstreamTimeout("first_chunk", 1)), 0.0).budget_exhausted
+
+
+def test_continuations_are_charged_too() -> None:
+    progress = StreamProgress()
+    failover = budgeted(progress=progress,
+                        primary=RetryBudget(ratio=0.0, min_per_second=0.0, window=10))
+    cut = committed_then(failover, progress, ROLE, chunk(content="Once "))
+    after = failover.ended(cut, 0.0)
+    assert after.budget_exhausted and after.end is not None and after.end.error is cut.error
+
+
+# ------------------------------------------------- who may continue: the cut one, last
+
+
+def test_the_cut_backend_may_continue_last_and_a_refusing_one_not_at_all() -> None:
+    progress = StreamProgress()
+    failover = plan(RetryPolicy(continuation_attempts=3), progress)
+    cut = committed_then(failover, progress, ROLE, chunk(content="Once "))
+    assert failover.ended(cut, 0.0).verdict == "continue"
+    assert failover.excluded == {"primary"} and failover.last_resort == {"primary"}
+    refusal = failover.start("secondary", TIMEOUTS, 0.0)
+    assert refused_prefill(refusal.request, status(400))
+    assert not refused_prefill(request(), status(400))  # not a continuation: not a refusal
+    assert not refused_prefill(refusal.request, status(503))  # a failure, not a refusal
+    after = failover.ended(StreamEnd(status(400)), 0.0)
+    assert after.verdict == "continue"
+    assert failover.last_resort == {"primary"} and "secondary" in failover.excluded
+    failover.start("primary", TIMEOUTS, 0.0)
+    again = failover.ended(StreamEnd(StreamCut("cut", detail="again")), 0.0)
+    assert again.verdict == "continue" and failover.last_resort == set()  # cut twice: out
+
+
+# ------------------------------------------------------------------ context fallback
+
+
+def too_long(message: str = "no", code: str | None = "context_length_exceeded") -> SluiceError:
+    body = orjson.dumps({"error": {"message": message, "code": code}})
+    return status_error(400, body, None, secrets=())
+
+
+def test_a_request_too_long_goes_to_each_fallback_model_once() -> None:
+    failover = FailOver(request(), POLICY, StreamProgress(), random.Random(7), started=0.0,
+                        keep_text=False, fallback_models=("m", "long", "longer", "long"))
+    failover.start("primary", TIMEOUTS, 0.0)
+    assert failover.ended(StreamEnd(too_long()), 0.0).verdict == "fall_back"
+    assert failover.model == "long" and failover.excluded == set()
+    attempt = failover.start("primary", TIMEOUTS, 0.0)  # the same backend may serve it
+    assert attempt.request.model == "long" and attempt.request.body["model"] == "long"
+    assert attempt.request.body["messages"] == request().body["messages"]
+    assert failover.ended(StreamEnd(too_long("maximum context length is 4096 tokens", None)),
+                          0.0).verdict == "fall_back"
+    assert failover.model == "longer"
+    failover.start("primary", TIMEOUTS, 0.0)
+    after = failover.ended(StreamEnd(too_long()), 0.0)  # no model left ("m" is the request's)
+    assert after.verdict == "give_up"
+
+
+def test_without_a_fallback_model_a_request_too_long_is_relayed() -> None:
+    steps, end = walk(plan(), [too_long()])
+    assert verdicts(steps) == [("primary", "give_up")]
+    assert end is not None and end.error is not None and end.error.status == 400
