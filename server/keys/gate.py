@@ -187,7 +187,8 @@ class Ticket:
         else:
             prompt = completion = 0  # nothing came back: nothing to charge
         spend = self.price.cost(prompt, completion) if self.price else 0.0
-        usage = Usage(prompt, completion, spend, cut=outcome != "completed")
+        # Cut: something was relayed, then the stream did not complete.
+        usage = Usage(prompt, completion, spend, cut=bool(chunks) and outcome != "completed")
         metrics, model = self.gate.metrics, self.gate.metrics.model(self.model)
         metrics.tokens.labels(self.key_label, model, "prompt").inc(prompt)
         metrics.tokens.labels(self.key_label, model, "completion").inc(completion)

@@ -194,6 +194,10 @@ async def test_a_stream_slot_is_held_until_the_stream_ends(
         upstream.scenario = Scenario(tokens=2)
         assert (await client.post(url, json=chat_body(), headers=bearer(key))).status_code == 200
         assert sluice.sample("sluice_key_streams_cut_total", key="a", model="_other") == 1
+        # The cut stream reported no usage: it was charged one token per chunk relayed.
+        charged = sluice.sample("sluice_key_tokens_total", key="a", model="_other",
+                                kind="completion")
+        assert 2 + 1 <= charged < 2 + 50  # the second request's 2, the cut one's few
 
 
 async def test_a_spent_budget_is_429_until_the_period_ends(
