@@ -19,7 +19,12 @@ reads, sends, sleeps and keeps the timer:
   slowness, not the upstream's, so the timer pauses meanwhile;
 * after ``[DONE]`` the rest of the body is read briefly, so the connection
   can be reused; an attempt that failed leaves its ``async with`` by its
-  error, so its connection is closed, never pooled.
+  error, so its connection is closed, never pooled;
+* a model with ``hedge_after`` runs its first attempt as a race
+  (`server.stream.hedge`), a continuation goes to the backends that can
+  continue — the one that cut the answer last, one that refused a prefill
+  not for ``prefill_cooldown`` — and the plan's model may change on a
+  context-length refusal (``context_fallback``: that model's routes then).
 """
 
 from __future__ import annotations

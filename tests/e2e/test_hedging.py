@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import trio
 
 from server.gateway import Gateway
 from server.testing.fake_upstream import FakeUpstream, Scenario
-from tests.conftest import PROMPTLY, RunningSluice, running_sluice
-from tests.e2e.test_failover import TEN, stream, two_tier
+from tests.conftest import PROMPTLY, RunningSluice, chat_body, running_sluice
+from tests.e2e.test_failover import TEN, URL, stream, two_tier
 from tests.e2e.test_failover import fallback as fallback
 from tests.e2e.test_failover import primary as primary
 from tests.sse_client import Received
@@ -137,3 +138,23 @@ async def test_hedges_stay_within_their_share(
             assert got.content == TEN and got.done
         assert sluice.sample("sluice_hedges_started_total") == 2
         assert len(fallback.requests) == 2
+
+
+async def test_a_client_leaving_mid_race_closes_both_attempts(
+    primary: FakeUpstream, fallback: FakeUpstream
+) -> None:
+    primary.scenario = fallback.scenario = Scenario(tokens=10, first_delay=SLOW_FIRST_TOKEN)
+    async with running_sluice(settings(primary, fallback, 0.2)) as sluice:
+        async with httpx.AsyncClient(timeout=10) as client:
+            with trio.move_on_after(1.0):  # the hedge starts at 0.2 s; then the client leaves
+                await client.post(sluice.base_url + URL, json=chat_body())
+        assert len(fallback.requests) == 1
+        with trio.fail_after(PROMPTLY):
+            await primary.wait_all_closed()
+            await fallback.wait_all_closed()
+        await sluice.settle()
+        for name in ("primary", "fallback"):
+            assert sluice.sample("sluice_backend_in_flight", backend=name) == 0
+            assert sluice.sample("sluice_upstream_requests_total", backend=name,
+                                 outcome="cancelled") == 1
+        assert sluice.sample("sluice_admission_slots_used") == 0
