@@ -195,10 +195,12 @@ async def _stage(lesson: Path, create_app: CreateApp, scenario: Scenario, port: 
 
 async def _tell_requests(upstream: FakeUpstream, started: float) -> None:
     """Print each request the fake upstream receives, as it arrives."""
+    told = 0
     while True:
-        await upstream.wait_for_request(len(upstream.requests) + 1)
-        request = upstream.requests[-1]
-        _tell(started, f"request {len(upstream.requests)}: {request.method} {request.path}")
+        await upstream.wait_for_request(told + 1)
+        for request in upstream.requests[told:]:
+            told += 1
+            _tell(started, f"request {told}: {request.method} {request.path}")
 
 
 async def _tell_closes(upstream: FakeUpstream, started: float) -> None:

@@ -44,4 +44,4 @@ def create_app(upstream: str) -> QuartTrio:
 
 
 if __name__ == "__main__":
-    serve_lesson(__file__, create_app, "tokens=20,tps=5,first_delay=10")
+    serve_lesson(__file__, create_app, "tokens=200,tps=4")

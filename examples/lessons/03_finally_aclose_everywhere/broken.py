@@ -34,6 +34,7 @@ class Ledger:
     async def record(self, chunks: int) -> None:
         await trio.sleep(0.001)  # the round trip
         self.entries.append(chunks)
+        print(f"ledger: an answer of {chunks} chunks recorded", flush=True)
 
 
 def create_app(upstream: str) -> QuartTrio:
