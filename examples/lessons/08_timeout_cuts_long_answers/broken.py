@@ -3,8 +3,9 @@
 "No answer should take more than a minute", so the relay runs under a total
 timeout — and so does Quart, whose ``RESPONSE_TIMEOUT`` is 60 s by default.
 A long answer from a healthy model that writes steadily is cut at exactly
-60 s: the body just ends, with no error and no ``[DONE]``, and nothing is
-logged. A stalled model is cut at 60 s too — in the same silent way.
+60 s: the relay's timeout ends the body quietly (no error event, no
+``[DONE]``), Quart's breaks it off mid-body, and neither logs a line. A
+stalled model is cut at 60 s too, in the same silent way.
 """
 
 from __future__ import annotations
