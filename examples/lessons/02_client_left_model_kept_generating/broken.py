@@ -25,6 +25,7 @@ def create_app(upstream: str) -> QuartTrio:
     app, client = app_and_client(upstream)
 
     async def pump(body: Any, chunks: trio.MemorySendChannel[bytes]) -> None:
+        """The upstream's answer, line by line, into the channel the body reads."""
         async with chunks, client.stream("POST", "/chat/completions", json=body) as response:
             async for line in response.aiter_lines():
                 await chunks.send(f"{line}\n".encode())

@@ -19,7 +19,7 @@ from server.testing.lessons import app_and_client, serve_lesson, sse
 
 
 class Ledger:
-    """Content chunks served per answer: what a real gateway bills, a network round trip away."""
+    """Chunks served per answer: what a real gateway bills, a network round trip away."""
 
     def __init__(self) -> None:
         self.entries: list[int] = []

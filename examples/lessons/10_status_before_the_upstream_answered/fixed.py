@@ -15,13 +15,13 @@ from typing import Any
 
 import trio
 from hypercorn.typing import ASGISendCallable, HTTPResponseBodyEvent, HTTPResponseStartEvent
-from quart import Response, request
+from quart import Response
 from quart.typing import ResponseTypes
 from quart.utils import encode_headers
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 
-from server.testing.lessons import Body, app_and_client, serve_lesson, sse
+from server.testing.lessons import Body, app_and_client, chat_route, serve_lesson
 
 
 class Refused(Exception):
@@ -80,11 +80,7 @@ def create_app(upstream: str) -> QuartTrio:
             async for line in response.aiter_lines():
                 yield f"{line}\n".encode()
 
-    @app.post("/v1/chat/completions")
-    async def chat() -> Response:
-        return sse(relay(await request.get_json()))
-
-    return app
+    return chat_route(app, relay)
 
 
 if __name__ == "__main__":
