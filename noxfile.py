@@ -84,7 +84,8 @@ def lessons(session: nox.Session) -> None:
     session.install("-e", ".")
     _install_group(session, "test")
     _install_group(session, "lint")  # two lessons show flake8-async catching their bug
-    session.run("pytest", "examples/lessons", *session.posargs)
+    # -rfE: the table says why each broken gateway failed; pytest need not repeat it.
+    session.run("pytest", "examples/lessons", "-rfE", *session.posargs)
 
 
 @nox.session(python=PYTHON)

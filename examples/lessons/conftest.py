@@ -43,10 +43,13 @@ def pytest_runtest_makereport(
     report = yield
     callspec = getattr(item, "callspec", None)
     gateway = callspec.params.get("gateway") if callspec is not None else None
-    if callspec is None or not isinstance(gateway, Gateway) or report.when != "call":
+    if callspec is None or not isinstance(gateway, Gateway) or (
+            report.when != "call" and report.passed):
         return report
     error = _single(call.excinfo.value) if call.excinfo is not None else None
-    if gateway.version == "fixed":
+    if report.when != "call":
+        verdict = f"ERROR ({report.when})"
+    elif gateway.version == "fixed":
         verdict = "passes" if report.passed else "FAILS"
     elif isinstance(error, Symptom):
         report.outcome, report.wasxfail = "skipped", str(error)  # pytest's expected failure
@@ -72,7 +75,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     width = max(len(row) for row in verdicts) + 2
     write = terminalreporter.write_line
     terminalreporter.section("lessons")
-    write(f"{'lesson':<{width}}{'broken':<28}fixed")
+    write(f"{'lesson, and what its test checks':<{width}}{'broken':<28}fixed")
     for row, by_version in sorted(verdicts.items()):
         write(f"{row:<{width}}{by_version.get('broken', '-'):<28}{by_version.get('fixed', '-')}")
     write("")

@@ -20,11 +20,12 @@ port 0, httpx (or the openai SDK) as the client.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -82,8 +83,9 @@ def load_module(lesson: str, name: str) -> ModuleType:
     return module
 
 
+@functools.cache
 def load(lesson: str, version: str) -> Gateway:
-    """One version of a lesson's gateway."""
+    """One version of a lesson's gateway (loaded once, however many tests it has)."""
     return Gateway(lesson, version, load_module(lesson, version))
 
 
@@ -105,7 +107,7 @@ class Staged:
     app: QuartTrio
     client: httpx.AsyncClient
 
-    def stream(self, **extra: Any) -> Any:
+    def stream(self, **extra: Any) -> AbstractAsyncContextManager[httpx.Response]:
         """``async with gw.stream() as response``: one streamed chat request."""
         return self.client.stream("POST", f"{self.url}/v1/chat/completions", json=chat(**extra))
 
@@ -186,18 +188,26 @@ async def read_reply(response: httpx.Response, tokens: int | None = None) -> Rep
     return reply
 
 
-async def flake8(path: Path, select: str) -> list[str]:
-    """flake8-async's findings of the `select` codes in `path`, without the repo's exemptions.
+async def linter_sees_nothing(gateway: Gateway, codes: str, what: str) -> None:
+    """Fail with the lesson's `Symptom` if flake8-async reports `codes` in the gateway's file.
 
     ``--isolated`` ignores ``.flake8``, where the broken gateways that show a
-    lint rule are exempted from the repo's lint run.
+    lint rule are exempted from the repo's lint run. `what` names the flagged code.
     """
     result = await trio.run_process(
-        [sys.executable, "-m", "flake8", "--isolated", f"--select={select}",
+        [sys.executable, "-m", "flake8", "--isolated", f"--select={codes}",
          "--transform-async-generator-decorators=as_safe_channel",
-         "--format=%(path)s:%(row)d: %(code)s", str(path)],
+         "--format=%(path)s:%(row)d: %(code)s", str(gateway.path)],
         capture_stdout=True, check=False)
-    return [line.removeprefix(str(LESSONS) + "/") for line in result.stdout.decode().splitlines()]
+    findings = [line.removeprefix(f"{LESSONS}/") for line in result.stdout.decode().splitlines()]
+    symptom(not findings, f"flake8-async flags {what}: " + ", ".join(findings))
+
+
+def raw_chat_request() -> bytes:
+    """One streamed chat request as HTTP/1.1 bytes, for a client made of a bare socket."""
+    body = orjson.dumps(chat())
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nhost: lesson\r\ncontent-length: {len(body)}"
+    return f"{head}\r\ncontent-type: application/json\r\n\r\n".encode() + body
 
 
 async def seconds_until_closed(upstream: FakeUpstream, bound: float = PROMPTLY) -> float:

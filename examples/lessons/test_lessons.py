@@ -10,17 +10,16 @@ from __future__ import annotations
 import socket
 
 import openai
-import orjson
 import pytest
 import trio
 from harness import (
     CLOSE_BOUND,
     PROMPTLY,
     Gateway,
-    chat,
-    flake8,
     lesson,
+    linter_sees_nothing,
     load_module,
+    raw_chat_request,
     read_reply,
     seconds_until_closed,
     stage,
@@ -29,21 +28,21 @@ from harness import (
 
 from server.testing.fake_upstream import Scenario
 
+THINKING = 3.0
+"""Lesson 2: seconds a reasoning model thinks before its first token."""
 LEDGER_BOUND = 1.0
-"""Seconds a usage record may take (its round trip is 1 ms)."""
+"""Lesson 3: seconds a usage record may take (its round trip is 1 ms)."""
 CROWD = 100
-"""Clients that arrive at once at a gateway with a limit of 10 streams."""
+"""Lesson 4: clients that arrive at once at a gateway with a limit of 10 streams."""
 MINUTE_IN_A_SECOND = {"RESPONSE_TIMEOUT": 1.0, "ANSWER_TIMEOUT": 1.0, "IDLE_TIMEOUT": 0.5}
-"""Quart's 60 s, lesson 8's totals and its idle timeout, all compressed 60 times."""
+"""Lesson 8: Quart's 60 s, the gateway's total and its idle timeout, compressed 60 times."""
 SLOW_FIRST_TOKEN = 6.0
-"""Seconds a model thinks in lesson 9: more than httpx's default 5 s."""
+"""Lesson 9: seconds a model thinks, more than httpx's default 5 s."""
 LEAVERS = 3
-"""Clients that leave mid-answer in lesson 11."""
+"""Lesson 11: clients that leave mid-answer."""
 STALL = 1.0
 SLACK = 3.0
-"""Lesson 12's stall bound, and how long after it the upstream may still be held."""
-THINKING = 3.0
-"""Seconds a reasoning model thinks before its first token."""
+"""Lesson 12: the stall bound, and how long after it the upstream may still be held."""
 
 
 @lesson("01_closed_before_read")
@@ -89,11 +88,9 @@ async def test_03_every_path_cleans_up(gateway: Gateway, leaves: bool) -> None:
             f"{CLOSE_BOUND * 1000:.0f} ms of answering 503")
 
 
-
 @lesson("03_finally_aclose_everywhere")
 async def test_03_the_linter_sees_it(gateway: Gateway) -> None:
-    findings = await flake8(gateway.path, "ASYNC102")
-    symptom(not findings, "flake8-async flags the await in `finally`: " + ", ".join(findings))
+    await linter_sees_nothing(gateway, "ASYNC102", "the await in `finally`")
 
 
 @lesson("04_slots_released_early")
@@ -127,28 +124,6 @@ async def test_04_the_limit_holds_for_whole_streams(gateway: Gateway) -> None:
             assert (await read_reply(response, tokens=1)).tokens
 
 
-@lesson("07_yield_inside_nursery")
-async def test_07_an_upstream_failure_surfaces_as_itself(
-    gateway: Gateway, caplog: pytest.LogCaptureFixture
-) -> None:
-    async with (
-        stage(gateway, Scenario(tokens=10, tps=20, cut_after=3)) as gw,
-        gw.stream() as response,
-    ):
-        reply = await read_reply(response)
-    assert reply.cut is not None  # the gateway passed the upstream's cut on
-    symptom("Cancel scope stack corrupted" not in caplog.text,
-            "the upstream's cut surfaced as trio.Cancelled in the moderation step's await, "
-            "and trio logged 'Cancel scope stack corrupted'")
-    assert "RemoteProtocolError" in caplog.text
-
-
-@lesson("07_yield_inside_nursery")
-async def test_07_the_linter_sees_it(gateway: Gateway) -> None:
-    findings = await flake8(gateway.path, "ASYNC101,ASYNC119")
-    symptom(not findings, "flake8-async flags the yield: " + ", ".join(findings))
-
-
 @lesson("05_streaming_that_buffers")
 async def test_05_tokens_arrive_one_by_one(gateway: Gateway) -> None:
     async with stage(gateway, Scenario(tokens=15, tps=10)) as gw, gw.stream() as response:
@@ -179,6 +154,27 @@ async def test_06_a_cut_answer_is_an_error(gateway: Gateway) -> None:
     assert len(tokens) == 3
     symptom(error is not None, f"the openai SDK reported success with {len(tokens)} of 10 "
             "tokens: the gateway ended the cut answer with [DONE]")
+
+
+@lesson("07_yield_inside_nursery")
+async def test_07_an_upstream_failure_surfaces_as_itself(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        stage(gateway, Scenario(tokens=10, tps=20, cut_after=3)) as gw,
+        gw.stream() as response,
+    ):
+        reply = await read_reply(response)
+    assert reply.cut is not None  # the gateway passed the upstream's cut on
+    symptom("Cancel scope stack corrupted" not in caplog.text,
+            "the upstream's cut surfaced as trio.Cancelled in the moderation step's await, "
+            "and trio logged 'Cancel scope stack corrupted'")
+    assert "RemoteProtocolError" in caplog.text
+
+
+@lesson("07_yield_inside_nursery")
+async def test_07_the_linter_sees_it(gateway: Gateway) -> None:
+    await linter_sees_nothing(gateway, "ASYNC101,ASYNC119", "the yield")
 
 
 @lesson("08_timeout_cuts_long_answers")
@@ -260,10 +256,7 @@ async def test_12_a_client_that_stops_reading_is_let_go(gateway: Gateway) -> Non
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
         with sock:
             await sock.connect((host, int(port)))
-            body = orjson.dumps(chat())
-            await sock.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: lesson\r\n"
-                            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                            % (len(body), body))
+            await sock.send(raw_chat_request())
             assert (await sock.recv(64)).startswith(b"HTTP/1.1 200")
             # ...and now it reads nothing more, but stays connected.
             held = await seconds_until_closed(gw.upstream, STALL + SLACK)

@@ -1,28 +1,31 @@
-"""What the lessons' tiny gateways share (``examples/lessons/``): a body with a scope, and a stage.
+"""What the lessons' tiny gateways share (``examples/lessons/``): their frame, and a stage.
 
 Each lesson is a pair of tiny quart-trio gateways, ``broken.py`` and
-``fixed.py``, in front of the fake upstream. Two things are the same in all
-of them and live here, so that each file shows only its lesson:
+``fixed.py``, in front of the fake upstream. What is the same in all of them
+lives here, so that each file shows its lesson and little else:
 
-- `Body`. Quart sends a response body as ``async with body as chunks:
-  async for chunk in chunks: await send(chunk)``, all in the request's own
-  task, and quart-trio cancels that task when the client leaves. That
-  ``async with`` is the one place in Quart where a stream's scope can outlive
-  the view and still die with the request (lesson 1). `Body` makes any async
-  context manager that gives chunks — a `trio.as_safe_channel` generator, a
-  memory channel — such a body::
+- `app_and_client`: a `QuartTrio` app and an ``httpx.AsyncClient`` to the
+  upstream, closed when the app stops serving.
+- `Body` and `sse`. Quart sends a response body as ``async with body as
+  chunks: async for chunk in chunks: await send(chunk)``, all in the
+  request's own task, and quart-trio cancels that task when the client
+  leaves. That ``async with`` is the one place in Quart where a stream's
+  scope can outlive the view and still die with the request (lesson 1).
+  `Body` makes any async context manager that gives chunks — a
+  `trio.as_safe_channel` generator, a memory channel — such a body; `sse`
+  wraps it in a ``text/event-stream`` response.
+- `chat_route`, which gives an app its ``POST /v1/chat/completions`` for a
+  stream of the request's body; `relay`, lesson 1's fix; and
+  `plain_gateway`, the whole gateway built of them, for the lessons that
+  are about something else::
 
-      @trio.as_safe_channel
-      async def relay() -> AsyncGenerator[bytes]:
-          async with client.stream("POST", "/chat/completions", json=body) as upstream:
-              async for line in upstream.aiter_lines():
-                  yield f"{line}\\n".encode()
-
-      return Response(Body(relay()), headers=SSE)
+      app, client = app_and_client(upstream)
+      return chat_route(app, functools.partial(relay, client))
 
 - The stage. ``python examples/lessons/NN_name/broken.py [--port N]
-  [--scenario S]`` runs `serve_lesson`: the fake upstream in-process on a
-  free port, the gateway under hypercorn, and what to try with curl. The
+  [--scenario S] [--set NAME=SECONDS]`` runs `serve_lesson`: the fake
+  upstream in-process on a free port, the gateway under hypercorn, what to
+  try with curl, and a running account of what the fake upstream sees. The
   lessons' tests use `running_gateway`, the same on port 0.
 """
 
@@ -59,6 +62,8 @@ CHAT = ("curl -N {url}/v1/chat/completions -H 'content-type: application/json' -
 
 CreateApp = Callable[[str], QuartTrio]
 """A lesson's gateway: ``create_app(upstream_base_url)``."""
+Stream = Callable[[Any], AbstractAsyncContextManager[AsyncIterable[bytes]]]
+"""What a chat route streams: ``stream(request_body)``, entered by Quart as the response body."""
 TuneListener = Callable[[QuartTrio, socket.socket], None]
 """Optional in a gateway module: ``tune_listener(app, sock)`` sets its listening sockets up."""
 
@@ -104,15 +109,20 @@ async def relay(client: httpx.AsyncClient, body: Any) -> AsyncGenerator[bytes]:
             yield f"{line}\n".encode()
 
 
-def plain_gateway(upstream: str, **client_options: Any) -> QuartTrio:
-    """A gateway with nothing wrong in sight: POST /v1/chat/completions relays the upstream."""
-    app, client = app_and_client(upstream, **client_options)
+def chat_route(app: QuartTrio, stream: Stream) -> QuartTrio:
+    """Give `app` its ``POST /v1/chat/completions``: `stream` of the request's body, as SSE."""
 
     @app.post("/v1/chat/completions")
     async def chat() -> Response:
-        return sse(relay(client, await request.get_json()))
+        return sse(stream(await request.get_json()))
 
     return app
+
+
+def plain_gateway(upstream: str, **client_options: Any) -> QuartTrio:
+    """A gateway with nothing wrong in sight: POST /v1/chat/completions relays the upstream."""
+    app, client = app_and_client(upstream, **client_options)
+    return chat_route(app, functools.partial(relay, client))
 
 
 class _Config(Config):
@@ -195,10 +205,12 @@ async def _stage(lesson: Path, create_app: CreateApp, scenario: Scenario, port: 
 
 async def _tell_requests(upstream: FakeUpstream, started: float) -> None:
     """Print each request the fake upstream receives, as it arrives."""
+    told = 0
     while True:
-        await upstream.wait_for_request(len(upstream.requests) + 1)
-        request = upstream.requests[-1]
-        _tell(started, f"request {len(upstream.requests)}: {request.method} {request.path}")
+        await upstream.wait_for_request(told + 1)
+        for received in upstream.requests[told:]:
+            told += 1
+            _tell(started, f"request {told}: {received.method} {received.path}")
 
 
 async def _tell_closes(upstream: FakeUpstream, started: float) -> None:

@@ -25,6 +25,7 @@ def create_app(upstream: str) -> QuartTrio:
     app, client = app_and_client(upstream)
 
     async def pump(body: Any, chunks: trio.MemorySendChannel[bytes]) -> None:
+        """The upstream's answer, line by line, into the channel the body reads."""
         async with chunks, client.stream("POST", "/chat/completions", json=body) as response:
             async for line in response.aiter_lines():
                 await chunks.send(f"{line}\n".encode())
@@ -44,4 +45,4 @@ def create_app(upstream: str) -> QuartTrio:
 
 
 if __name__ == "__main__":
-    serve_lesson(__file__, create_app, "tokens=20,tps=5,first_delay=10")
+    serve_lesson(__file__, create_app, "tokens=200,tps=4")

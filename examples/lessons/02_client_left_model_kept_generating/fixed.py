@@ -15,16 +15,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
-from quart import Response, request
 from quart_trio import QuartTrio
 
-from server.testing.lessons import app_and_client, serve_lesson, sse
+from server.testing.lessons import app_and_client, chat_route, serve_lesson
 
 
 def create_app(upstream: str) -> QuartTrio:
     app, client = app_and_client(upstream)
 
     async def pump(body: Any, chunks: trio.MemorySendChannel[bytes]) -> None:
+        """The upstream's answer, line by line, into the channel the body reads."""
         async with chunks, client.stream("POST", "/chat/completions", json=body) as response:
             async for line in response.aiter_lines():
                 await chunks.send(f"{line}\n".encode())
@@ -37,12 +37,8 @@ def create_app(upstream: str) -> QuartTrio:
             with received:
                 yield received
 
-    @app.post("/v1/chat/completions")
-    async def chat() -> Response:
-        return sse(stream(await request.get_json()))
-
-    return app
+    return chat_route(app, stream)
 
 
 if __name__ == "__main__":
-    serve_lesson(__file__, create_app, "tokens=20,tps=5,first_delay=10")
+    serve_lesson(__file__, create_app, "tokens=200,tps=4")

@@ -26,7 +26,7 @@ from server.testing.lessons import SSE, app_and_client, serve_lesson
 
 
 class Ledger:
-    """Content chunks served per answer: what a real gateway bills, a network round trip away."""
+    """Chunks served per answer: what a real gateway bills, a network round trip away."""
 
     def __init__(self) -> None:
         self.entries: list[int] = []
@@ -34,6 +34,7 @@ class Ledger:
     async def record(self, chunks: int) -> None:
         await trio.sleep(0.001)  # the round trip
         self.entries.append(chunks)
+        print(f"ledger: an answer of {chunks} chunks recorded", flush=True)
 
 
 def create_app(upstream: str) -> QuartTrio:
@@ -45,8 +46,8 @@ def create_app(upstream: str) -> QuartTrio:
         body = await request.get_json()
 
         async def relay() -> AsyncIterator[bytes]:
-            upstream = client.build_request("POST", "/chat/completions", json=body)
-            response = await client.send(upstream, stream=True)
+            question = client.build_request("POST", "/chat/completions", json=body)
+            response = await client.send(question, stream=True)
             response.raise_for_status()  # an upstream error raises here, before the `try`
             chunks = 0
             try:

@@ -19,7 +19,7 @@ from server.testing.lessons import app_and_client, serve_lesson, sse
 
 
 class Ledger:
-    """Content chunks served per answer: what a real gateway bills, a network round trip away."""
+    """Chunks served per answer: what a real gateway bills, a network round trip away."""
 
     def __init__(self) -> None:
         self.entries: list[int] = []
@@ -27,6 +27,7 @@ class Ledger:
     async def record(self, chunks: int) -> None:
         await trio.sleep(0.001)  # the round trip
         self.entries.append(chunks)
+        print(f"ledger: an answer of {chunks} chunks recorded", flush=True)
 
 
 def create_app(upstream: str) -> QuartTrio:

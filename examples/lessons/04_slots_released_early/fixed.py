@@ -58,6 +58,6 @@ def create_app(upstream: str) -> QuartTrio:
 
 if __name__ == "__main__":
     serve_lesson(__file__, create_app, "tokens=100,tps=5", tries=(
-        "for i in $(seq 20); do curl -sN {url}/v1/chat/completions -H 'content-type: "
+        "for i in $(seq 20); do curl -sN -m 5 {url}/v1/chat/completions -H 'content-type: "
         """application/json' -d '{{"model": "m", "stream": true, "messages": []}}' """
         "-o /dev/null -w '%{{http_code}} ' & done; wait",))

@@ -12,10 +12,9 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import trio
-from quart import Response, request
 from quart_trio import QuartTrio
 
-from server.testing.lessons import app_and_client, serve_lesson, sse
+from server.testing.lessons import app_and_client, chat_route, serve_lesson
 
 
 def create_app(upstream: str) -> QuartTrio:
@@ -27,11 +26,7 @@ def create_app(upstream: str) -> QuartTrio:
             async for chunk in response.aiter_bytes():  # whatever each read brought
                 yield chunk
 
-    @app.post("/v1/chat/completions")
-    async def chat() -> Response:
-        return sse(relay(await request.get_json()))
-
-    return app
+    return chat_route(app, relay)
 
 
 if __name__ == "__main__":

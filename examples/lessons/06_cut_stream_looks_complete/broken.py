@@ -14,10 +14,9 @@ from typing import Any
 
 import httpx
 import trio
-from quart import Response, request
 from quart_trio import QuartTrio
 
-from server.testing.lessons import app_and_client, serve_lesson, sse
+from server.testing.lessons import app_and_client, chat_route, serve_lesson
 
 DONE = b"data: [DONE]\n\n"
 
@@ -30,17 +29,13 @@ def create_app(upstream: str) -> QuartTrio:
         try:
             async with client.stream("POST", "/chat/completions", json=body) as response:
                 async for line in response.aiter_lines():
-                    if line != DONE.decode().strip():  # we always send our own, below
+                    if line != "data: [DONE]":  # not every upstream sends it: we send our own
                         yield f"{line}\n".encode()
         except httpx.HTTPError as exc:
             app.logger.warning("the upstream failed mid-answer: %r", exc)
-        yield DONE  # ...whether the answer ended or broke off
+        yield DONE  # ours: whether the answer ended or broke off
 
-    @app.post("/v1/chat/completions")
-    async def chat() -> Response:
-        return sse(relay(await request.get_json()))
-
-    return app
+    return chat_route(app, relay)
 
 
 if __name__ == "__main__":

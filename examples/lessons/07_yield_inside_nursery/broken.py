@@ -1,14 +1,14 @@
 """Lesson 7, broken: a ``yield`` inside a nursery.
 
-The relay reads the upstream in a task of its own (a pump, with a nursery)
+``relayed`` reads the upstream in a task of its own (a pump, in a nursery)
 and yields the chunks it receives — from *inside* the nursery. A second
 stage, moderation, awaits a check on each chunk before passing it on.
 
-While the relay is suspended at its ``yield``, its nursery is still open on
-the request's task, around code that is not the relay's: moderation's
+While ``relayed`` is suspended at its ``yield``, its nursery is still open
+on the request's task, around code that is not its own: moderation's
 awaits. When the upstream breaks, the pump fails, the nursery cancels — and
 the cancellation lands in moderation's ``await``, which has no idea why. It
-unwinds the wrong code, the relay is left suspended in its nursery, and
+unwinds the wrong code, ``relayed`` is left suspended in its nursery, and
 trio reports "Cancel scope stack corrupted ... from now on there are no
 guarantees". flake8-async's ASYNC119 (and ASYNC101) flag the ``yield``.
 """
@@ -22,7 +22,7 @@ import trio
 from quart import request
 from quart_trio import QuartTrio
 
-from server.testing.lessons import SSE, app_and_client, serve_lesson
+from server.testing.lessons import SSE, app_and_client, relay, serve_lesson
 
 
 async def check(chunk: bytes) -> None:
@@ -34,11 +34,12 @@ def create_app(upstream: str) -> QuartTrio:
     app, client = app_and_client(upstream)
 
     async def pump(body: Any, chunks: trio.MemorySendChannel[bytes]) -> None:
-        async with chunks, client.stream("POST", "/chat/completions", json=body) as response:
-            async for line in response.aiter_lines():
-                await chunks.send(f"{line}\n".encode())
+        """The upstream's answer (lesson 1's relay) into a channel, from a task of its own."""
+        async with chunks, relay(client, body) as answer:
+            async for chunk in answer:
+                await chunks.send(chunk)
 
-    async def relay(body: Any) -> AsyncIterator[bytes]:
+    async def relayed(body: Any) -> AsyncIterator[bytes]:
         chunks, received = trio.open_memory_channel[bytes](0)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump, body, chunks)
@@ -52,7 +53,7 @@ def create_app(upstream: str) -> QuartTrio:
 
     @app.post("/v1/chat/completions")
     async def chat() -> tuple[AsyncIterator[bytes], dict[str, str]]:
-        return moderated(relay(await request.get_json())), SSE
+        return moderated(relayed(await request.get_json())), SSE
 
     return app
 

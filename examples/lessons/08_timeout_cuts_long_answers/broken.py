@@ -3,8 +3,9 @@
 "No answer should take more than a minute", so the relay runs under a total
 timeout — and so does Quart, whose ``RESPONSE_TIMEOUT`` is 60 s by default.
 A long answer from a healthy model that writes steadily is cut at exactly
-60 s: the body just ends, with no error and no ``[DONE]``, and nothing is
-logged. A stalled model is cut at 60 s too — in the same silent way.
+60 s: the relay's timeout ends the body quietly (no error event, no
+``[DONE]``), Quart's breaks it off mid-body, and neither logs a line. A
+stalled model is cut at 60 s too, in the same silent way.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import trio
-from quart import Response, request
 from quart_trio import QuartTrio
 
-from server.testing.lessons import app_and_client, serve_lesson, sse
+from server.testing.lessons import app_and_client, chat_route, serve_lesson
 
 
 def create_app(upstream: str) -> QuartTrio:
@@ -30,11 +30,7 @@ def create_app(upstream: str) -> QuartTrio:
                 async for line in response.aiter_lines():
                     yield f"{line}\n".encode()
 
-    @app.post("/v1/chat/completions")
-    async def chat() -> Response:
-        return sse(relay(await request.get_json()))
-
-    return app
+    return chat_route(app, relay)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,14 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import trio
-from hypercorn.typing import ASGISendCallable
-from quart import Response, request
+from hypercorn.typing import ASGISendCallable, HTTPResponseBodyEvent, HTTPResponseStartEvent
+from quart import Response
 from quart.typing import ResponseTypes
 from quart.utils import encode_headers
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 
-from server.testing.lessons import Body, app_and_client, serve_lesson, sse
+from server.testing.lessons import Body, app_and_client, chat_route, serve_lesson
 
 
 class Refused(Exception):
@@ -39,21 +39,31 @@ class StatusLast(TrioASGIHTTPConnection):
         if not isinstance(response, Response) or not isinstance(response.response, Body):
             await super()._send_response(send, response)
             return
-        started = False
+        committed = False
         try:
-            async with response.response as chunks:  # the stream asks the upstream first
+            async with response.response as chunks:  # the stream asks the upstream first...
                 async for chunk in chunks:
-                    if not started:  # the first byte: from here on, the status is 200
-                        started = True
-                        await send({"type": "http.response.start", "status": 200,
-                                    "headers": encode_headers(response.headers)})
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except Refused as refused:
-            await send({"type": "http.response.start", "status": refused.status,
-                        "headers": refused.headers})
-            await send({"type": "http.response.body", "body": refused.body, "more_body": False})
+                    if not committed:  # ...and its first byte commits the status: 200
+                        await send(response_start(200, encode_headers(response.headers)))
+                        committed = True
+                    await send(response_body(chunk, more=True))
+        except Refused as refused:  # the upstream said no before the first byte
+            length = (b"content-length", str(len(refused.body)).encode())
+            await send(response_start(refused.status, [*refused.headers, length]))
+            await send(response_body(refused.body, more=False))
             return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # Only here, out of the `async with`, is it known that the stream did not fail.
+        if not committed:  # an empty answer
+            await send(response_start(200, encode_headers(response.headers)))
+        await send(response_body(b"", more=False))
+
+
+def response_start(status: int, headers: list[tuple[bytes, bytes]]) -> HTTPResponseStartEvent:
+    return {"type": "http.response.start", "status": status, "headers": headers}
+
+
+def response_body(data: bytes, *, more: bool) -> HTTPResponseBodyEvent:
+    return {"type": "http.response.body", "body": data, "more_body": more}
 
 
 def create_app(upstream: str) -> QuartTrio:
@@ -70,11 +80,7 @@ def create_app(upstream: str) -> QuartTrio:
             async for line in response.aiter_lines():
                 yield f"{line}\n".encode()
 
-    @app.post("/v1/chat/completions")
-    async def chat() -> Response:
-        return sse(relay(await request.get_json()))
-
-    return app
+    return chat_route(app, relay)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
-from quart import Response, request
 from quart_trio import QuartTrio
 
-from server.testing.lessons import app_and_client, relay, serve_lesson, sse
+from server.testing.lessons import app_and_client, chat_route, relay, serve_lesson
 
 
 def create_app(upstream: str) -> QuartTrio:
@@ -45,15 +44,11 @@ def create_app(upstream: str) -> QuartTrio:
             raise
         ended["completed"] += 1
 
-    @app.post("/v1/chat/completions")
-    async def chat() -> Response:
-        return sse(counted(await request.get_json()))
-
     @app.get("/stats")
     async def stats() -> dict[str, int]:
         return dict(ended)
 
-    return app
+    return chat_route(app, counted)
 
 
 if __name__ == "__main__":
