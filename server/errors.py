@@ -19,6 +19,7 @@ JSON a client sees; nothing else in the gateway builds error bodies.
     ├── NoBackendAvailable           503  all backends failed, open or saturated
     ├── TooManyRequests              429  the gateway is full, or the client's rate limit
     ├── ShuttingDown                 503  the worker is draining; retry elsewhere
+    ├── ProducerLost                 502  the instance producing a shared stream is gone
     └── StreamCancelled                   a detached stream stopped on purpose (in-band only)
 
 A client never sees a traceback, an upstream URL or a key: `public_message`
@@ -190,6 +191,18 @@ class ShuttingDown(SluiceError):
     def __init__(self) -> None:
         super().__init__("The server is shutting down; retry the request.")
         self.retry_after = 1.0
+
+
+class ProducerLost(SluiceError):
+    """A detached stream read from another instance whose producing instance went away."""
+
+    status = 502
+    type = "upstream_error"
+    code = "producer_lost"
+    retryable = True
+
+    def __init__(self) -> None:
+        super().__init__("The instance producing this stream is gone; it cannot be resumed.")
 
 
 class StreamCancelled(SluiceError):

@@ -432,3 +432,10 @@ def test_resume_settings() -> None:
 ])
 def test_bad_resume_settings(resume: dict[str, Any], message: str) -> None:
     assert config_error({"backends": [OPENAI], "resume": resume}) == message
+
+
+def test_redis_url_must_be_a_redis_url() -> None:
+    assert parse_settings({"backends": [OPENAI], "resume": {
+        "redis_url": "redis://10.0.0.9:6379/2"}}).resume.redis_url == "redis://10.0.0.9:6379/2"
+    assert config_error({"backends": [OPENAI], "resume": {"redis_url": "10.0.0.9:6379"}}) == \
+        "resume.redis_url: expected a redis://, rediss:// or unix:// URL, got '10.0.0.9:6379'"
