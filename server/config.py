@@ -191,6 +191,7 @@ class ResumeSettings:
     max_events: int = 10_000  # events kept per stream (the oldest go first)
     max_bytes: int = 4 * 1024 * 1024  # bytes of events kept per stream
     max_retained_bytes: int = 256 * 1024 * 1024  # all finished streams' events together
+    redis_url: str = ""  # "redis://host:6379/0": share detached streams between instances
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,7 +424,12 @@ def _resume(table: _Table) -> ResumeSettings:
         max_bytes=table.take("max_bytes", int, d.max_bytes, _positive),
         max_retained_bytes=table.take("max_retained_bytes", int, d.max_retained_bytes,
                                       _positive),
+        redis_url=table.take("redis_url", str, d.redis_url),
     )
+    if settings.redis_url and not settings.redis_url.startswith(("redis://", "rediss://",
+                                                                 "unix://")):
+        raise ConfigError(f"{table.path}.redis_url: expected a redis://, rediss:// or unix:// "
+                          f"URL, got {settings.redis_url!r}")
     table.finish()
     return settings
 

@@ -20,6 +20,7 @@ JSON a client sees; nothing else in the gateway builds error bodies.
     ├── TooManyRequests              429  the gateway is full, or the client's rate limit
     ├── ShuttingDown                 503  the worker is draining; retry elsewhere
     ├── StreamCancelled                   a detached stream stopped on purpose (in-band only)
+    ├── ProducerLost                 502  the instance producing a shared stream is gone
     ├── Unauthorized                 401  no API key, or not a valid one
     ├── PermissionDenied             403  the key may not use that model
     └── LimitsUnavailable            503  the shared limits store failed (on_error = "closed")
@@ -194,6 +195,18 @@ class ShuttingDown(SluiceError):
     def __init__(self) -> None:
         super().__init__("The server is shutting down; retry the request.")
         self.retry_after = 1.0
+
+
+class ProducerLost(SluiceError):
+    """A detached stream read from another instance whose producing instance went away."""
+
+    status = 502
+    type = "upstream_error"
+    code = "producer_lost"
+    retryable = True
+
+    def __init__(self) -> None:
+        super().__init__("The instance producing this stream is gone; it cannot be resumed.")
 
 
 class StreamCancelled(SluiceError):

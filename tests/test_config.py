@@ -467,3 +467,10 @@ def test_a_models_table_names_fallbacks_hedging_and_strategy() -> None:
                       ({"strategy": "fastest"}, "strategy"), ({"hedge": 1}, "hedge")]:
         with pytest.raises(ConfigError, match=rf'models\.small\.{path}'):
             parse_settings({"backends": backends, "models": {"small": bad}})
+
+
+def test_redis_url_must_be_a_redis_url() -> None:
+    assert parse_settings({"backends": [OPENAI], "resume": {
+        "redis_url": "redis://10.0.0.9:6379/2"}}).resume.redis_url == "redis://10.0.0.9:6379/2"
+    assert config_error({"backends": [OPENAI], "resume": {"redis_url": "10.0.0.9:6379"}}) == \
+        "resume.redis_url: expected a redis://, rediss:// or unix:// URL, got '10.0.0.9:6379'"

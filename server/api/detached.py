@@ -30,7 +30,7 @@ from quart import Response
 
 from server.api.connection import LateResponse, StreamResponse
 from server.errors import RequestError, SluiceError
-from server.stream.background import DetachedStream, Producer
+from server.stream.background import Producer, StreamHandle
 from server.stream.late_status import Headers
 from server.stream.nursery import serve_stream
 from server.stream.tail import TailPlan, serve_tail
@@ -65,13 +65,13 @@ async def _nowhere(message: Any) -> None:
 
 
 class TailResponse(LateResponse):
-    """One client reading a detached stream, from after ``after``; the view's answer."""
+    """One client reading a detached stream (here or elsewhere) from after ``after``."""
 
-    def __init__(self, stream: DetachedStream, after: int, *,
+    def __init__(self, stream: StreamHandle, after: int, *,
                  keepalive_interval: float | None,
                  lost: Callable[[SluiceError], bytes]) -> None:
         super().__init__()
-        self.plan = TailPlan(stream.log, after, keepalive_interval, lost)
+        self.plan = TailPlan(stream.source, after, keepalive_interval, lost)
         self.stream = stream
 
     async def serve(self, send: ASGISendCallable, headers: Headers,
@@ -80,14 +80,14 @@ class TailResponse(LateResponse):
 
         async def send_noting_delivery(message: Any) -> None:
             if message["type"] == "http.response.start":
-                stream.delivered = True  # the status line carries the stream's id
+                stream.delivered_now()  # the status line carries the stream's id
             await send(message)
 
-        with stream.reading():
+        async with stream.attending():
             await serve_tail(self.plan, send_noting_delivery, headers, client_gone)
 
 
-def starting_after(value: str | None, param: str, stream: DetachedStream) -> int:
+async def starting_after(value: str | None, param: str, stream: StreamHandle) -> int:
     """A client's "the last event I have" (``-1``: none); a 400 for what cannot be one."""
     if value is None or value == "":
         return -1
@@ -98,7 +98,8 @@ def starting_after(value: str | None, param: str, stream: DetachedStream) -> int
     if after < -1:
         raise RequestError(f"'{param}' must be an integer ≥ -1.", param=param,
                            code="invalid_value")
-    if after >= stream.log.next:
+    last = await stream.last_seq()
+    if after > last:
         raise RequestError(f"'{param}' is {after}, but the stream has only sent up to "
-                           f"{stream.log.next - 1}.", param=param, code="invalid_value")
+                           f"{last}.", param=param, code="invalid_value")
     return after

@@ -41,7 +41,12 @@ from server.api.responses_writer import (
 )
 from server.config import Settings
 from server.errors import RequestError, StreamNotFound
-from server.stream.background import BackgroundStreams, DetachedStream, write_log
+from server.stream.background import (
+    BackgroundStreams,
+    DetachedStream,
+    StreamHandle,
+    write_log,
+)
 from server.stream.event_log import EventLog
 
 # How long a cancel request waits for the producer to write its last event.
@@ -66,9 +71,11 @@ def register_responses_api(app: Quart, settings: Settings, stream_response: Stre
             return await stream_response(parsed.chat, partial(writer, transcript=transcript),
                                          received_at, heartbeats=parsed.stream)
         shaper = ResponseLogShaper(transcript)
-        stream = DetachedStream(meta.id, "response", owner_of(request.headers.get("authorization")),
+        stream = DetachedStream(meta.id, "response",
+                                owner_of(request.headers.get("authorization")),
                                 EventLog(max_events=limits.max_events,
-                                         max_bytes=limits.max_bytes), shaper, grace=None)
+                                         max_bytes=limits.max_bytes), shaper, grace=None,
+                                describe=transcript.response)
         planned = await stream_response(parsed.chat,
                                         partial(write_log, log=stream.log, shaper=shaper),
                                         received_at, heartbeats=False)
@@ -80,37 +87,32 @@ def register_responses_api(app: Quart, settings: Settings, stream_response: Stre
 
     @app.get("/v1/responses/<response_id>")
     async def retrieve_response(response_id: str) -> Response:
-        stream = _background_response(background, response_id)
+        stream = await _background_response(background, response_id)
         wants_stream = request.args.get("stream", "false")
         if wants_stream not in ("true", "false"):
             raise RequestError("'stream' must be true or false.", param="stream",
                                code="invalid_value")
         if wants_stream == "true":
-            after = starting_after(request.args.get("starting_after"), "starting_after", stream)
+            after = await starting_after(request.args.get("starting_after"), "starting_after",
+                                         stream)
             return TailResponse(stream, after, keepalive_interval=keepalive, lost=lost_events)
-        return _json(_transcript(stream).response())
+        return _json(await stream.snapshot())
 
     @app.post("/v1/responses/<response_id>/cancel")
     async def cancel_response(response_id: str) -> Response:
         """Stop the upstream; idempotent: a finished response is returned as it is."""
-        stream = _background_response(background, response_id)
-        if not stream.log.closed:
-            stream.cancel("cancelled by the client")
-            with trio.move_on_after(CANCEL_BOUND):
-                await stream.log.wait_closed()
-        return _json(_transcript(stream).response())
+        stream = await _background_response(background, response_id)
+        await stream.stop("cancelled by the client", CANCEL_BOUND)
+        return _json(await stream.snapshot())
 
 
-def _background_response(background: BackgroundStreams, response_id: str) -> DetachedStream:
-    stream = background.get("response", response_id, owner_of(request.headers.get("authorization")))
+async def _background_response(background: BackgroundStreams,
+                               response_id: str) -> StreamHandle:
+    stream = await background.find("response", response_id,
+                                   owner_of(request.headers.get("authorization")))
     if stream is None:
         raise StreamNotFound("background response", response_id)
     return stream
-
-
-def _transcript(stream: DetachedStream) -> ResponseTranscript:
-    assert isinstance(stream.shaper, ResponseLogShaper)
-    return stream.shaper.transcript
 
 
 def _json(body: object) -> Response:

@@ -25,7 +25,6 @@ from __future__ import annotations
 from functools import partial
 
 import orjson
-import trio
 from quart import Quart, Response, request
 
 from server.api.browser_chat import StreamOpener
@@ -35,7 +34,12 @@ from server.chunks import error_event_payload
 from server.config import Settings
 from server.errors import RequestError, SluiceError, StreamCancelled, StreamNotFound
 from server.sse import DONE, frame
-from server.stream.background import BackgroundStreams, DetachedStream, write_log
+from server.stream.background import (
+    BackgroundStreams,
+    DetachedStream,
+    StreamHandle,
+    write_log,
+)
 from server.stream.event_log import EventLog
 
 RESUMABLE_HEADER = "X-Sluice-Resumable"
@@ -105,38 +109,36 @@ def register_resume_api(app: Quart, settings: Settings, background: BackgroundSt
 
     @app.get("/v1/chat/completions/<stream_id>/stream")
     async def resume_chat_stream(stream_id: str) -> Response:
-        stream = _chat_stream(background, stream_id)
+        stream = await _chat_stream(background, stream_id)
         query = request.args.get("starting_after")
         if query is not None:
-            after = starting_after(query, "starting_after", stream)
+            after = await starting_after(query, "starting_after", stream)
         else:
-            after = starting_after(request.headers.get("last-event-id"), "Last-Event-ID",
-                                   stream)
+            after = await starting_after(request.headers.get("last-event-id"), "Last-Event-ID",
+                                         stream)
         return _reader(stream, after, settings)
 
     @app.post("/v1/chat/completions/<stream_id>/cancel")
     async def cancel_chat_stream(stream_id: str) -> Response:
-        stream = _chat_stream(background, stream_id)
-        status = "ended"  # it had ended by itself: cancelling is idempotent
-        if not stream.log.closed:
-            stream.cancel("cancelled by the client")
-            with trio.move_on_after(CANCEL_BOUND):
-                await stream.log.wait_closed()
-            status = "cancelled"
-        body = {"id": stream.id, "object": "chat.completion.stream", "status": status,
-                "last_event_id": stream.log.next - 1}
+        stream = await _chat_stream(background, stream_id)
+        stopped = await stream.stop("cancelled by the client", CANCEL_BOUND)
+        # "ended": it had ended by itself; cancelling is idempotent.
+        body = {"id": stream.id, "object": "chat.completion.stream",
+                "status": "cancelled" if stopped else "ended",
+                "last_event_id": await stream.last_seq()}
         return Response(orjson.dumps(body), content_type="application/json")
 
 
-def _reader(stream: DetachedStream, after: int, settings: Settings) -> TailResponse:
+def _reader(stream: StreamHandle, after: int, settings: Settings) -> TailResponse:
     reader = TailResponse(stream, after, keepalive_interval=settings.server.keepalive_interval,
                           lost=in_band_error)
     reader.headers[STREAM_ID_HEADER] = stream.id
     return reader
 
 
-def _chat_stream(background: BackgroundStreams, stream_id: str) -> DetachedStream:
-    stream = background.get("chat", stream_id, owner_of(request.headers.get("authorization")))
+async def _chat_stream(background: BackgroundStreams, stream_id: str) -> StreamHandle:
+    stream = await background.find("chat", stream_id,
+                                   owner_of(request.headers.get("authorization")))
     if stream is None:
         raise StreamNotFound("resumable chat stream", stream_id)
     return stream

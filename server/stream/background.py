@@ -37,10 +37,15 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    contextmanager,
+)
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import trio
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -51,10 +56,19 @@ from server.config import ResumeSettings
 from server.errors import ShuttingDown, SluiceError
 from server.metrics import Metrics
 from server.stream.channel import ChannelItem
-from server.stream.event_log import EventLog
+from server.stream.event_log import EventLog, LogSource
 from server.stream.late_status import LateStatusResponse
 from server.stream.usage import UsageMeter
 from server.stream.writers import receive_batch
+
+if TYPE_CHECKING:
+    from server.stream.redis_log import RedisMirror
+
+try:
+    from coredis.exceptions import RedisError
+except ImportError:  # coredis is needed only with [resume] redis_url
+    class RedisError(Exception):  # type: ignore[no-redef]
+        """Stands in for coredis's when it is not installed: never raised."""
 
 log = logging.getLogger("sluice.background")
 
@@ -63,6 +77,33 @@ _STOP_BOUND = 5.0
 
 StreamKind = Literal["response", "chat"]
 Producer = Callable[[trio.Event], Awaitable[SluiceError | None]]
+
+
+class StreamHandle(Protocol):
+    """A detached stream as the endpoints use it: here (`DetachedStream`) or elsewhere
+    (`server.stream.redis_log.RemoteStream`)."""
+
+    id: str
+
+    @property
+    def source(self) -> LogSource: ...
+
+    def attending(self) -> AbstractAsyncContextManager[None]:
+        """Held while a client reads the stream: its grace period does not run out."""
+        ...
+
+    def delivered_now(self) -> None:
+        """A reader's status line (and with it the stream's id) went out."""
+
+    async def last_seq(self) -> int: ...
+
+    async def snapshot(self) -> dict[str, Any] | None:
+        """What the stream describes itself as now (a response object), if anything."""
+        ...
+
+    async def stop(self, reason: str, bound: float) -> bool:
+        """Cancel it and wait (bounded) for its end; False if it had ended already."""
+        ...
 
 
 class LogShaper(Protocol):
@@ -124,9 +165,39 @@ class DetachedStream:
     client_gone: trio.Event = field(default_factory=trio.Event)  # set when abandoned
     readers: AsyncValue[int] = field(default_factory=lambda: AsyncValue(0))
     delivered: bool = False  # some reader got a status line, and so the stream's id
+    describe: Callable[[], dict[str, Any]] | None = None  # a response object, for polls
     stop_reason: str | None = None
     finished_at: float | None = None
     retention: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    @property
+    def source(self) -> LogSource:
+        return self.log
+
+    @asynccontextmanager
+    async def attending(self) -> AsyncIterator[None]:
+        with self.reading():
+            yield
+
+    def delivered_now(self) -> None:
+        self.delivered = True
+
+    async def last_seq(self) -> int:
+        await trio.lowlevel.checkpoint()
+        return self.log.next - 1
+
+    async def snapshot(self) -> dict[str, Any] | None:
+        await trio.lowlevel.checkpoint()
+        return None if self.describe is None else self.describe()
+
+    async def stop(self, reason: str, bound: float) -> bool:
+        if self.log.closed:
+            await trio.lowlevel.checkpoint()
+            return False
+        self.cancel(reason)
+        with trio.move_on_after(bound):
+            await self.log.wait_closed()
+        return True
 
     def cancel(self, reason: str) -> None:
         """Stop the producer now; its log ends with the dialect's cancelled events."""
@@ -158,6 +229,7 @@ class BackgroundStreams:
 
     def __init__(self, settings: ResumeSettings) -> None:
         self.settings = settings
+        self.mirror: RedisMirror | None = None  # with [resume] redis_url, while serving
         self._streams: dict[str, DetachedStream] = {}
         self._finished: OrderedDict[str, DetachedStream] = OrderedDict()
         self.finished_bytes = 0
@@ -183,15 +255,29 @@ class BackgroundStreams:
 
     async def serve(self, *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Hold the background nursery open until `stop`."""
+        """Hold the background nursery open until `stop` (and the Redis client, if configured).
+
+        The client is entered and exited by this task (as coredis requires),
+        and outlives the nursery whose producers publish through it.
+        """
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                await self._stopping.wait()
-                nursery.cancel_scope.cancel("server shutting down")
+            async with AsyncExitStack() as stack:
+                if self.settings.redis_url:
+                    from server.stream.redis_log import RedisMirror, open_redis
+
+                    client = await stack.enter_async_context(open_redis(
+                        self.settings.redis_url))
+                    self.mirror = RedisMirror(client, self.settings)
+                async with trio.open_nursery() as nursery:
+                    if self.mirror is not None:
+                        nursery.start_soon(self.mirror.serve_control, self._cancel_here)
+                    self._nursery = nursery
+                    task_status.started()
+                    await self._stopping.wait()
+                    nursery.cancel_scope.cancel("server shutting down")
         finally:
             self._nursery = None
+            self.mirror = None
             self._stopped.set()
 
     async def stop(self) -> None:
@@ -212,6 +298,24 @@ class BackgroundStreams:
             return None
         return stream
 
+    async def find(self, kind: StreamKind, stream_id: str, owner: str) -> StreamHandle | None:
+        """The stream, here or (with Redis) on another instance, if it is ``owner``'s."""
+        local = self.get(kind, stream_id, owner)
+        if local is not None or self.mirror is None:
+            await trio.lowlevel.checkpoint()
+            return local
+        try:
+            return await self.mirror.find(kind, stream_id, owner)
+        except RedisError as error:
+            log.warning("cannot look stream %s up in Redis: %s", stream_id[:100], error)
+            return None
+
+    def _cancel_here(self, stream_id: str, reason: str) -> None:
+        """A cancel request from another instance, for a stream produced here."""
+        stream = self._streams.get(stream_id)
+        if stream is not None and not stream.log.closed:
+            stream.cancel(reason)
+
     def start(self, stream: DetachedStream, produce: Producer) -> None:
         """Run ``produce`` (given the stream's ``client_gone``) in the background nursery."""
         if self._nursery is None:
@@ -220,13 +324,23 @@ class BackgroundStreams:
         self._nursery.start_soon(self._keep, stream, produce, name=f"detached {stream.id}")
 
     async def _keep(self, stream: DetachedStream, produce: Producer) -> None:
-        """One stream's whole stay: produce, end the log however it stopped, retain, drop."""
+        """One stream's whole stay: produce (and publish), end the log, retain, drop."""
+        async with trio.open_nursery() as keeper:
+            if self.mirror is not None:
+                keeper.start_soon(self.mirror.publish, stream)  # returns once the log is closed
+            await self._produce(stream, produce)
+        with stream.retention:
+            await trio.sleep(self.settings.retention)
+        self._drop(stream)
+
+    async def _produce(self, stream: DetachedStream, produce: Producer) -> None:
+        """Run the producer; end the log however it stopped."""
         error: SluiceError | None = None
         try:
             with stream.scope:
                 async with trio.open_nursery() as nursery:
                     if stream.grace is not None:
-                        nursery.start_soon(_abandon_unread, stream)
+                        nursery.start_soon(_abandon_unread, stream, self.mirror)
                     error = await produce(stream.client_gone)
                     nursery.cancel_scope.cancel()  # the stream is over: stop its grace clock
         finally:
@@ -239,9 +353,6 @@ class BackgroundStreams:
                     stream.log.extend(stream.shaper.cancelled(stream.stop_reason or "cancelled"))
                     stream.log.close()
             self._finish(stream)
-        with stream.retention:
-            await trio.sleep(self.settings.retention)
-        self._drop(stream)
 
     def _finish(self, stream: DetachedStream) -> None:
         stream.finished_at = trio.current_time()
@@ -262,10 +373,16 @@ class BackgroundStreams:
             self.finished_bytes -= stream.log.bytes
 
 
-async def _abandon_unread(stream: DetachedStream) -> None:
-    """The grace period: nobody has read the stream for ``grace`` seconds → abandon it."""
+async def _abandon_unread(stream: DetachedStream, mirror: RedisMirror | None) -> None:
+    """The grace period: nobody has read the stream for ``grace`` seconds → abandon it.
+
+    With Redis, a reader on another instance counts too (it renews a key).
+    """
     assert stream.grace is not None
-    await stream.readers.wait_value(0, held_for=stream.grace)
+    while True:
+        await stream.readers.wait_value(0, held_for=stream.grace)
+        if mirror is None or not await mirror.read_elsewhere(stream.id):
+            break
     stream.abandon(f"no client read the stream for {stream.grace:g} s")
 
 

@@ -21,17 +21,42 @@ the error's own HTTP status.
 
 No lock is needed: everything runs in one trio thread, and appending never
 waits — a producer is never held up by its readers (they are detached from
-it on purpose), so the bounds are what keeps memory in check.
+it on purpose), so the bounds are what keeps memory in check. Readers read
+through `LogSource` (``fetch``, ``wait_beyond``), which a log shared between
+instances implements too (`server.stream.redis_log`).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
 from server.errors import EventsExpired, SluiceError
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What a reader gets in one read: events, and whether they are the last."""
+
+    events: list[bytes]
+    ended: bool = False  # nothing will follow these events
+    failure: SluiceError | None = None  # with ``ended``: the stream failed (see `EventLog.fail`)
+
+
+class LogSource(Protocol):
+    """Where a reader reads a detached stream: this process's log, or a shared one (Redis)."""
+
+    async def fetch(self, seq: int) -> Batch:
+        """The events numbered above ``seq`` available now. Raises `EventsExpired`."""
+        ...
+
+    async def wait_beyond(self, seq: int) -> None:
+        """Return once an event numbered above ``seq`` (or the end) may be there."""
+        ...
 
 
 class EventLog:
@@ -92,6 +117,12 @@ class EventLog:
         if start == 0:
             return list(self._events)
         return [self._events[i] for i in range(start, len(self._events))]
+
+    async def fetch(self, seq: int) -> Batch:
+        events = self.read_after(seq)
+        if self.finished_after(seq + len(events)):
+            return Batch(events, ended=True, failure=self.failure)
+        return Batch(events)
 
     def finished_after(self, seq: int) -> bool:
         """Whether a reader that has seen up to ``seq`` has seen everything there will be."""

@@ -32,7 +32,7 @@ import trio
 from server.errors import EventsExpired, SluiceError
 from server.sse import KEEPALIVE
 from server.stream.channel import ChannelItem, StreamEnd
-from server.stream.event_log import EventLog
+from server.stream.event_log import LogSource
 from server.stream.late_status import ASGISend, Headers, LateStatusResponse
 from server.stream.nursery import watch_stream
 from server.stream.writers import receive_batch
@@ -45,7 +45,7 @@ _READ_AHEAD = 16
 class TailPlan:
     """Which log to read, from where, and how the dialect says "events were lost"."""
 
-    log: EventLog
+    log: LogSource
     after: int  # the last sequence number the client has; -1 = from the start
     keepalive_interval: float | None
     lost: Callable[[SluiceError], bytes]  # an in-band error event, in the stream's dialect
@@ -71,21 +71,21 @@ async def serve_tail(plan: TailPlan, send: ASGISend, extra_headers: Headers,
     return response.started
 
 
-async def read_log(log: EventLog, after: int,
+async def read_log(log: LogSource, after: int,
                    channel: trio.MemorySendChannel[ChannelItem]) -> None:
     """Put the log's events after ``after`` into ``channel`` as they come; then its end."""
     with channel:
         while True:
             try:
-                events = log.read_after(after)
+                batch = await log.fetch(after)
             except EventsExpired as error:
                 await channel.send(StreamEnd(error))
                 return
-            for event in events:
+            for event in batch.events:
                 await channel.send(event)
-            after += len(events)
-            if log.finished_after(after):
-                await channel.send(StreamEnd(log.failure))
+            after += len(batch.events)
+            if batch.ended:
+                await channel.send(StreamEnd(batch.failure))
                 return
             await log.wait_beyond(after)
 

@@ -1,6 +1,6 @@
 """What a detached stream holds in memory: its record, its log and its events (tracemalloc).
 
-    python -m tests.bench.detached_memory [--streams 200] [--tokens 500]
+    python -m tests.bench.detached_memory [--streams 200] [--tokens 500] [--redis URL]
 
 Builds finished detached streams the way Sluice does — a `DetachedStream`
 with its `EventLog`, the dialect's shaper fed realistic chunks (the
@@ -9,7 +9,9 @@ simulated model's), and the task that sleeps out its retention in a
 allocated (tracemalloc) beside the bytes of events the log counts. A
 stream's *live* cost adds the relay's own (~57 KB per stream, measured by
 `nox -s bench`); this is what a finished stream keeps for late readers, and
-what a live one adds to the relay.
+what a live one adds to the relay. With ``--redis``, each stream is also
+mirrored into that Redis (`RedisMirror.publish`) and its keys' ``MEMORY
+USAGE`` is reported.
 """
 
 from __future__ import annotations
@@ -53,6 +55,31 @@ def response_shaper(i: int) -> tuple[LogShaper, list[bytes]]:
     meta = ResponseMeta(f"resp_{i:032x}", "sluice-sim", int(time.time()), {"background": True})
     shaper = ResponseLogShaper(ResponseTranscript(meta))
     return shaper, shaper.transcript.opening()  # what the view logs at once
+
+
+async def measure_redis(url: str, streams: int, tokens: int,
+                        shaper_for: Callable[[int], tuple[LogShaper, list[bytes]]]) -> float:
+    """Per finished stream mirrored into Redis: bytes Redis reports (MEMORY USAGE) for its keys."""
+    from server.stream.redis_log import RedisMirror, open_redis
+
+    chunks = answer_chunks(tokens)
+    settings = ResumeSettings(redis_url=url)
+    total = 0
+    async with open_redis(url) as client:
+        mirror = RedisMirror(client, settings)
+        for i in range(streams):
+            log = EventLog(max_events=settings.max_events, max_bytes=settings.max_bytes)
+            shaper, opening = shaper_for(i)
+            log.extend(opening)
+            for payload in chunks:
+                log.extend(shaper.chunk(payload))
+            end_log(log, shaper, None)
+            stream = DetachedStream(BackgroundStreams.new_id("x_"), "chat", "auth:" + "0" * 32,
+                                    log, shaper, grace=None)
+            await mirror.publish(stream)
+            for key in (f"sluice:ds:{{{stream.id}}}", f"sluice:ds:{{{stream.id}}}:events"):
+                total += await client.memory_usage(key, samples=0) or 0
+    return total / streams
 
 
 async def measure(streams: int, tokens: int,
@@ -103,9 +130,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--tokens", type=int, nargs="*", default=[0, 100, 500, 2000])
+    parser.add_argument("--redis", metavar="URL", help="also measure the Redis mirror there")
     args = parser.parse_args()
     print(f"{'dialect':<22}{'tokens':>7}{'events':>8}{'event bytes':>13}"
-          f"{'allocated':>12}{'per event':>11}")
+          f"{'allocated':>12}{'per event':>11}" + (f"{'in Redis':>11}" if args.redis else ""))
     for kind, shaper_for in (("resumable chat", chat_shaper),
                              ("background response", response_shaper)):
         fixed = None
@@ -115,8 +143,13 @@ def main() -> None:
             if fixed is None:
                 fixed = allocated
             per_event = (allocated - fixed) / max(1.0, events) if tokens else 0.0
+            in_redis = ""
+            if args.redis:
+                used = trio.run(measure_redis, args.redis, min(args.streams, 20), tokens,
+                                shaper_for)
+                in_redis = f"{used:>11,.0f}"
             print(f"{kind:<22}{tokens:>7}{events:>8.0f}{event_bytes:>13,.0f}"
-                  f"{allocated:>12,.0f}{per_event:>11,.0f}")
+                  f"{allocated:>12,.0f}{per_event:>11,.0f}{in_redis}")
 
 
 if __name__ == "__main__":
