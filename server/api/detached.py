@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import trio
@@ -55,7 +56,8 @@ def detached(planned: Response) -> Producer:
     assert isinstance(planned, StreamResponse)
 
     async def produce(client_gone: trio.Event) -> SluiceError | None:
-        return await serve_stream(planned.plan, _nowhere, [], client_gone, planned.metrics)
+        plan = replace(planned.plan, last_word=False)  # a cancel here is on purpose
+        return await serve_stream(plan, _nowhere, [], client_gone, planned.metrics)
 
     return produce
 

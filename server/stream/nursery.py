@@ -65,6 +65,9 @@ class StreamPlan:
     access_log: AccessLog | None = None  # one line per stream, written at its end
     key_name: str | None = None  # the client key's configured name, once keys exist
     ticket: Ticket | None = None  # an API key's admission: settled from usage at the end
+    # Cancelled from outside, say why in-band ("server shutting down"); a detached stream
+    # cancelled on purpose does not (its log ends with the dialect's cancelled events).
+    last_word: bool = True
 
 
 async def serve_stream(
@@ -107,10 +110,9 @@ async def serve_stream(
         outcome = "client_disconnect" if client_gone.is_set() and not response.complete \
             else stream_outcome(error)
     except BaseException:
-        # Cancelled from outside while the worker shuts down (hypercorn's graceful timeout
-        # ran out): never end silently. (A detached stream cancelled on purpose ends its own
-        # way, `server.stream.background`.)
-        if plan.lifecycle.draining and trio.current_effective_deadline() == -math.inf \
+        # Cancelled from outside (hypercorn's graceful timeout ran out): never end silently.
+        # (A detached stream cancelled on purpose ends its own way: `server.api.detached`.)
+        if plan.last_word and trio.current_effective_deadline() == -math.inf \
                 and not client_gone.is_set() and not response.complete:
             with trio.move_on_after(LAST_WORD_SECONDS, shield=True):
                 error, outcome = await _last_word(plan, response), "shutdown"
