@@ -102,6 +102,7 @@ class FailOver:
         self.excluded: set[str] = set()  # backends that failed this request
         self.last_resort: set[str] = set()  # excluded, but may continue a cut they made, last
         self.model = request.model  # whose routes the next attempt uses
+        self.hedged = False  # a hedge was started (`start_hedge`)
         self._request = request
         self._budgets = budgets or {}
         self._fallbacks = [m for m in dict.fromkeys(fallback_models) if m != request.model]
@@ -158,11 +159,12 @@ class FailOver:
 
     def may_hedge(self, now: float) -> bool:
         """May a second attempt race the one running (before the commit point)?"""
-        return (not self._progress.committed and now < self._budget_ends
+        return (not self.hedged and not self._progress.committed and now < self._budget_ends
                 and self._progress.attempts < self._policy.max_attempts)
 
     def start_hedge(self, backend: str, timeouts: Timeouts, now: float) -> Attempt:
         """A second attempt of the same request on ``backend``, raced against the running one."""
+        self.hedged = True  # at most one per request, whatever retries follow
         self._progress.attempts += 1
         first_chunk = min(timeouts.first_chunk, max(0.0, self._budget_ends - now))
         return Attempt(self._request, self._progress, backend, started=now,

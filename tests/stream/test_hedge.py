@@ -61,6 +61,7 @@ def test_a_racer_that_fails_is_out_and_the_other_decides() -> None:
     error = UpstreamUnavailable("broken")
     failover.failed_in_race("secondary", StreamEnd(error))
     assert failover.excluded == {"secondary"}
+    assert not failover.may_hedge(1.5)  # one hedge per request, whatever follows
     # The primary then completes: the stream completes.
     assert failover.ended(None, 3.0, backend="primary").verdict == "complete"
 
