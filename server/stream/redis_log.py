@@ -49,7 +49,7 @@ from server.errors import EventsExpired, ProducerLost, SluiceError, error_object
 from server.stream.event_log import Batch
 
 if TYPE_CHECKING:
-    from server.stream.background import DetachedStream
+    from server.stream.detached_stream import DetachedStream
 
 log = logging.getLogger("sluice.redis_log")
 

@@ -8,11 +8,7 @@ finish within ``drain_seconds`` complete; the rest end with an in-band
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +18,7 @@ import trio
 
 from server.testing.fake_upstream import FakeUpstream, Scenario
 from tests.conftest import PROMPTLY, chat_body
+from tests.e2e.sluice_process import sluice_process
 from tests.sse_client import Received, receive_stream
 
 DRAIN = 1.5
@@ -38,25 +35,8 @@ async def served(
         f'[[backends]]\nname = "fake"\nkind = "openai"\nbase_url = "{upstream.base_url}"\n'
         f'models = ["*"]\n'
     )
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "server.cli", "serve", "--config", str(config),
-         "--bind", "127.0.0.1:0"],
-        stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stderr is not None
-    try:
-        log = b""
-        with trio.fail_after(20):
-            while not (found := re.search(rb"Running on (http://\S+)", log)):
-                chunk = await process.stderr.receive_some()
-                assert chunk, log.decode()
-                log += chunk
-        yield found.group(1).decode(), process
-    finally:
-        with trio.move_on_after(5, shield=True):
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
+    async with sluice_process(config) as served:
+        yield served
 
 
 async def test_sigterm_drains_then_stops_what_is_left(
