@@ -31,7 +31,7 @@ from quart import Response
 
 from server.api.connection import LateResponse, StreamResponse
 from server.errors import RequestError, SluiceError
-from server.stream.background import Producer, StreamHandle
+from server.stream.detached_stream import Producer, StreamHandle
 from server.stream.late_status import Headers
 from server.stream.nursery import serve_stream
 from server.stream.tail import TailPlan, serve_tail

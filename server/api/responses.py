@@ -41,12 +41,8 @@ from server.api.responses_writer import (
 )
 from server.config import Settings
 from server.errors import RequestError, StreamNotFound
-from server.stream.background import (
-    BackgroundStreams,
-    DetachedStream,
-    StreamHandle,
-    write_log,
-)
+from server.stream.background import BackgroundStreams
+from server.stream.detached_stream import DetachedStream, StreamHandle, write_log
 from server.stream.event_log import EventLog
 
 # How long a cancel request waits for the producer to write its last event.

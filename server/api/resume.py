@@ -34,12 +34,8 @@ from server.chunks import error_event_payload
 from server.config import Settings
 from server.errors import RequestError, SluiceError, StreamCancelled, StreamNotFound
 from server.sse import DONE, frame
-from server.stream.background import (
-    BackgroundStreams,
-    DetachedStream,
-    StreamHandle,
-    write_log,
-)
+from server.stream.background import BackgroundStreams
+from server.stream.detached_stream import DetachedStream, StreamHandle, write_log
 from server.stream.event_log import EventLog
 
 RESUMABLE_HEADER = "X-Sluice-Resumable"

@@ -49,7 +49,7 @@ from server.errors import EventsExpired, ProducerLost, SluiceError, error_object
 from server.stream.event_log import Batch
 
 if TYPE_CHECKING:
-    from server.stream.background import DetachedStream
+    from server.stream.detached_stream import DetachedStream
 
 log = logging.getLogger("sluice.redis_log")
 
@@ -138,8 +138,10 @@ class RemoteStream:
         """While a client reads here, the producer's grace period does not run out."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._mirror.note_reader, self.id)
-            yield
-            nursery.cancel_scope.cancel()
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()  # however the reading ended
 
     def delivered_now(self) -> None:
         """Nothing to note: the producer's own first reader decides that."""
@@ -157,9 +159,8 @@ class RemoteStream:
             return False
         await self._mirror.request_cancel(self._instance, self.id, reason)
         with trio.move_on_after(bound):
-            seq = await self.source.last_seq()
             while not await self._ended():
-                await self.source.wait_beyond(seq)
+                await self.source.wait_beyond(await self.source.last_seq())
         return True
 
     async def _ended(self) -> bool:

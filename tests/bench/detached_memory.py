@@ -32,7 +32,8 @@ from server.backends.simulated import reply_tokens
 from server.chunks import chunk_bytes
 from server.config import ResumeSettings
 from server.errors import SluiceError
-from server.stream.background import BackgroundStreams, DetachedStream, LogShaper, end_log
+from server.stream.background import BackgroundStreams
+from server.stream.detached_stream import DetachedStream, LogShaper, end_log
 from server.stream.event_log import EventLog
 
 

@@ -7,11 +7,7 @@ learns it within the liveness bound instead of waiting forever.
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +25,7 @@ from server.testing.fake_upstream import FakeUpstream, Scenario
 from tests.conftest import PROMPTLY, RunningSluice, chat_body, running_sluice
 from tests.e2e.leaving import assert_upstream_closed
 from tests.e2e.redis_server import running_redis
+from tests.e2e.sluice_process import sluice_process
 from tests.sse_client import receive_stream
 
 URL = "/v1/chat/completions"
@@ -157,24 +154,8 @@ async def killable(upstream: FakeUpstream, redis_url: str,
         f'[resume]\nredis_url = "{redis_url}"\n'
         f'[[backends]]\nname = "fake"\nkind = "openai"\nbase_url = "{upstream.base_url}"\n'
         f'models = ["*"]\n')
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "server.cli", "serve", "--config", str(config),
-         "--bind", "127.0.0.1:0"],
-        stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert process.stderr is not None
-    try:
-        log = b""
-        with trio.fail_after(20):
-            while not (found := re.search(rb"Running on (http://\S+)", log)):
-                chunk = await process.stderr.receive_some()
-                assert chunk, log.decode()
-                log += chunk
-        yield found.group(1).decode(), process
-    finally:
-        with trio.move_on_after(5, shield=True):
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
+    async with sluice_process(config) as served:
+        yield served
 
 
 async def test_when_the_producing_instance_dies_readers_elsewhere_are_told(

@@ -16,7 +16,8 @@ import trio.testing
 
 from server.config import ResumeSettings
 from server.errors import ShuttingDown, SluiceError, StreamCut
-from server.stream.background import BackgroundStreams, DetachedStream, Producer, end_log
+from server.stream.background import BackgroundStreams
+from server.stream.detached_stream import DetachedStream, Producer, end_log
 from server.stream.event_log import EventLog
 
 RETENTION = 100.0
