@@ -289,7 +289,8 @@ class Gateway:
         ticket = None
         if grant is not None and self.gate is not None:  # 429 / 503; settled as the stream ends
             ticket = await self.gate.admit(grant)
-            write_body = partial(write_body, meter=ticket.meter)
+            if ticket.meter is not None:  # the client did not ask for usage: hide it
+                write_body = partial(write_body, meter=ticket.meter)
         admission = self.settings.admission
         plan = StreamPlan(
             request=chat,

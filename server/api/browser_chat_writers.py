@@ -188,12 +188,11 @@ async def write_chat_json(
     *,
     model: str,
     received_at: float,
-    meter: UsageMeter | None = None,
+    meter: UsageMeter | None = None,  # unused: streams only (the reply shows its usage)
 ) -> SluiceError | None:
     """Fold the stream into one ``/chat`` reply object; nothing is sent until the end."""
     transcript = ChatTranscript(model, received_at)
-    add = transcript.add if meter is None else meter.watch(transcript.add)
-    return await write_one_reply(items, response, add,
+    return await write_one_reply(items, response, transcript.add,
                                  lambda: transcript.reply(trio.current_time(), _now()))
 
 

@@ -131,12 +131,11 @@ def text_completion(completion: dict[str, Any]) -> dict[str, Any]:
 
 async def write_text_completion(
     items: trio.MemoryReceiveChannel[ChannelItem], response: LateStatusResponse,
-    *, meter: UsageMeter | None = None,
+    *, meter: UsageMeter | None = None,  # unused: streams only (a reply carries its usage)
 ) -> SluiceError | None:
     """Aggregate the stream into one ``text_completion``; nothing is sent until the end."""
     completion = CompletionBuilder()
-    add = completion.add if meter is None else meter.watch(completion.add)
-    return await write_one_reply(items, response, add,
+    return await write_one_reply(items, response, completion.add,
                                  lambda: text_completion(completion.result()))
 
 

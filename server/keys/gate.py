@@ -7,7 +7,7 @@ The chat views call it before a stream is planned
     routes = candidates(routes, grant.chat.model)          # 404 before anything is reserved
     ticket = await gate.admit(grant)                       # 429 / 503; tokens reserved
     ...                                                    # the stream runs, metered
-    await ticket.settle(chunks, outcome)                   # at its end, whatever the end
+    await ticket.settle(progress, outcome)                 # at its end, whatever the end
 
 A granted request is *metered*: the upstream is asked for
 ``stream_options.include_usage`` (the writer strips the usage chunk again
@@ -44,6 +44,7 @@ from server.keys.settings import AuthSettings, Price
 from server.limits.shared_state import SharedState, open_shared_state
 from server.limits.state_settings import StateSettings
 from server.limits.store import Admission, Periods, Settlement, StateStore, Usage, Verdict
+from server.stream.progress import StreamProgress
 from server.stream.usage import UsageMeter
 
 Headers = list[tuple[bytes, bytes]]
@@ -158,8 +159,9 @@ class Gate:
             self.metrics.refused.labels(key, verdict.reason or "").inc()
             raise refusal(verdict, self._wall())
         self.metrics.requests.labels(key, self.metrics.model(chat.model)).inc()
+        hide_usage = chat.stream and not grant.client_wants_usage
         return Ticket(self, admission, store, chat.model, ratelimit_headers(verdict), price,
-                      prompt, UsageMeter(strip=not grant.client_wants_usage), key)
+                      prompt, UsageMeter() if hide_usage else None, key)
 
 
 @dataclass(slots=True)
@@ -173,15 +175,15 @@ class Ticket:
     headers: Headers  # x-ratelimit-* for the response
     price: Price | None
     prompt_estimate: int
-    meter: UsageMeter
+    meter: UsageMeter | None  # hides the usage chunk; None: the client asked for it
     key_label: str
 
-    async def settle(self, chunks: int, outcome: str) -> None:
+    async def settle(self, progress: StreamProgress, outcome: str) -> None:
         """Turn the reservation into real usage. Shielded and bounded: call it in a finally."""
-        meter = self.meter
-        if meter.usage is not None:
-            prompt = meter.prompt_tokens or 0
-            completion = meter.completion_tokens or 0
+        chunks = progress.chunks
+        if progress.completion_tokens is not None:  # the upstream's usage, as relayed
+            prompt = progress.prompt_tokens or 0
+            completion = progress.completion_tokens
         elif chunks:
             prompt, completion = self.prompt_estimate, chunks  # ≈ one token per chunk
         else:

@@ -127,11 +127,8 @@ async def serve_stream(
         _record(plan, progress, outcome, error, metrics, response)
         try:
             if plan.ticket is not None:  # whatever ended the stream; before a drain ends
-                if plan.ticket.meter.usage is None and progress.completion_tokens is not None:
-                    plan.ticket.meter.usage = {"prompt_tokens": progress.prompt_tokens,
-                                               "completion_tokens": progress.completion_tokens}
                 with trio.move_on_after(SETTLE_BOUND, shield=True):
-                    await plan.ticket.settle(progress.chunks, outcome)
+                    await plan.ticket.settle(progress, outcome)
         finally:
             plan.lifecycle.stream_ended(upstream)
     return error

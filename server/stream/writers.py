@@ -95,12 +95,11 @@ async def receive_batch(
 
 async def write_completion(
     items: trio.MemoryReceiveChannel[ChannelItem], response: LateStatusResponse,
-    *, meter: UsageMeter | None = None,
+    *, meter: UsageMeter | None = None,  # unused: streams only (a reply carries its usage)
 ) -> SluiceError | None:
     """Aggregate the stream into one ``chat.completion``; nothing is sent until the end."""
     completion = CompletionBuilder()
-    add = completion.add if meter is None else meter.watch(completion.add)
-    return await write_one_reply(items, response, add, completion.result)
+    return await write_one_reply(items, response, completion.add, completion.result)
 
 
 async def write_one_reply(
