@@ -308,6 +308,7 @@ class Gateway:
             write_body=write_body,
             keepalive_interval=self.settings.server.keepalive_interval if heartbeats else None,
             access_log=self.access_log,
+            key_name=grant.record.name if grant is not None else None,
             ticket=ticket,
         )
         response = StreamResponse(plan, self.metrics)

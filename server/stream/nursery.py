@@ -63,7 +63,7 @@ class StreamPlan:
     write_body: BodyWriter  # the response's format: SSE chunks, one completion, ...
     keepalive_interval: float | None  # silence before a heartbeat; None: the format has none
     access_log: AccessLog | None = None  # one line per stream, written at its end
-    key_name: str | None = None  # the client key's configured name, once keys exist
+    key_name: str | None = None  # the API key's name (never the key), when keys are on
     ticket: Ticket | None = None  # an API key's admission: settled from usage at the end
     # Cancelled from outside, say why in-band ("server shutting down"); a detached stream
     # cancelled on purpose does not (its log ends with the dialect's cancelled events).

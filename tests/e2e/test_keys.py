@@ -7,6 +7,7 @@ clients: httpx and the openai SDK.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -316,3 +317,15 @@ async def test_embeddings_need_a_key_that_may_use_the_model(
         served = await client.post(url, json=body, headers=bearer(key))
         assert served.status_code == 200, served.text
         assert served.json()["data"][0]["object"] == "embedding"
+
+
+async def test_the_access_log_names_the_key_never_shows_it(
+        keyed: RunningSluice, client: httpx.AsyncClient, key: NewKey,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sluice.access")
+    response = await client.post(keyed.base_url + URL, json=chat_body(), headers=bearer(key))
+    assert response.status_code == 200
+    await keyed.settle()
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "sluice.access"]
+    assert " key=team-a " in line
+    assert key.text not in line and key.hash not in line
