@@ -24,7 +24,6 @@ from server.stream.redis_log import LIVENESS, error_from_json, error_json
 from server.testing.fake_upstream import FakeUpstream, Scenario
 from tests.conftest import PROMPTLY, RunningSluice, chat_body, running_sluice
 from tests.e2e.leaving import assert_upstream_closed
-from tests.e2e.redis_server import running_redis
 from tests.e2e.sluice_process import sluice_process
 from tests.sse_client import receive_stream
 
@@ -39,12 +38,6 @@ def _settings(upstream: FakeUpstream, redis_url: str, **resume: Any) -> Settings
                       "models": ["*"]}],
         "resume": {"redis_url": redis_url, **resume},
     })
-
-
-@pytest.fixture
-async def redis_url() -> AsyncIterator[str]:
-    async with running_redis() as url:
-        yield url
 
 
 @pytest.fixture
