@@ -150,7 +150,8 @@ class CorsSettings:
 
     allow_origins: tuple[str, ...] = ()  # exact ``scheme://host[:port]``s, or ("*",)
     allow_methods: tuple[str, ...] = ("GET", "POST")
-    allow_headers: tuple[str, ...] = ("Authorization", "Content-Type", "X-Request-ID")
+    allow_headers: tuple[str, ...] = ("Authorization", "Content-Type", "X-Request-ID",
+                                      "X-Sluice-Resumable", "Last-Event-ID")
     max_age: int = 600  # seconds a browser may cache a preflight answer
 
 

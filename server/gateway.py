@@ -37,15 +37,12 @@ from server.api.chat_completions import ChatRequest, parse_chat_request
 from server.api.completions import register_completions_api
 from server.api.connection import SluiceHTTPConnection, StreamResponse
 from server.api.cors import install_cors
+from server.api.detached import key_owner, owner_of
 from server.api.embeddings import register_embeddings_api
 from server.api.page import register_page
 from server.api.responses import register_responses_api
-from server.api.resume import (
-    RESUMABLE_HEADER,
-    register_resume_api,
-    resumable_chat,
-    wants_resumable,
-)
+from server.api.resume import ResumableStreams
+from server.api.resume_header import RESUMABLE_HEADER, wants_resumable
 from server.backends import open_backends
 from server.backends.http import api_key_from_env
 from server.config import Accepts, ConfigError, Settings
@@ -107,6 +104,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     background = BackgroundStreams(settings.resume)  # detached streams (server.stream.background)
     watch_background(metrics, background)
     app.extensions["sluice.background"] = background
+    resumable = ResumableStreams(settings, gateway.stream_response, background, gateway)
 
     # The backends (and their idle connections) live as long as serving does. An exit
     # stack rather than a `while_serving` generator: a generator that is never
@@ -146,8 +144,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         received_at = trio.current_time()
         chat = parse_chat_request(await request.get_data(False, False, False))
         if wants_resumable(request.headers.get(RESUMABLE_HEADER)):
-            return await resumable_chat(chat, received_at, settings, gateway.stream_response,
-                                        background)
+            return await resumable.start_chat(chat, received_at)
         write_body: BodyWriter = write_sse if chat.stream else write_completion
         return await gateway.stream_response(chat, write_body, received_at,
                                              heartbeats=chat.stream)
@@ -205,9 +202,11 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     if admin_key is not None:
         register_admin_api(app, admin_key, gateway.key_admin)  # /admin/keys, /admin/usage
-    register_chat_api(app, settings, gateway.stream_response)  # POST /chat
-    register_responses_api(app, settings, gateway.stream_response, background)  # /v1/responses
-    register_resume_api(app, settings, background)  # resumable chat streams
+    register_chat_api(app, settings, gateway.stream_response,  # POST /chat
+                      resumable.start_browser_chat)
+    register_responses_api(app, settings, gateway.stream_response, background,  # /v1/responses
+                           gateway)
+    resumable.register(app)  # resume and cancel resumable chat streams (/v1 and /chat)
     register_completions_api(app, gateway.stream_response)  # POST /v1/completions
     register_embeddings_api(app, gateway)  # POST /v1/embeddings
     register_page(app)  # GET /
@@ -258,18 +257,55 @@ class Gateway:
         """
         if self.lifecycle.draining:
             raise ShuttingDown()
-        if self.rate_limiter is not None:
-            wait = await self.rate_limiter.check(_client_key())
-            if wait is not None:
-                self.metrics.rate_limited.inc()
-                raise TooManyRequests("Rate limit exceeded for this client.",
-                                      code="rate_limit_exceeded", retry_after=wait)
+        await self._check_rate_limit()
         routes = candidates(self.routes, model)
         if accepts is not None:
             routes = tuple(route for route in routes if accepts(route.backend.settings))
         if not routes:
             raise ModelNotFound(model)
         return routes
+
+    async def owner(self) -> str:
+        """Who is asking, as a detached stream records its owner (`server.api.detached`).
+
+        With keys required, the key (401 without a valid one); else a hash of
+        the request's ``Authorization`` header.
+        """
+        if self.settings.auth.required:
+            record = await self._serving_gate().directory.authenticate(request.headers)
+            return key_owner(record.id)
+        return owner_of(request.headers.get("authorization"))
+
+    async def admit_reader(self) -> str:
+        """The checks a request to resume, poll or cancel a detached stream passes; its owner.
+
+        It counts against the client's rate limit and its key's requests per
+        minute (429), like any request; it takes no concurrency slot and
+        reserves no tokens — the stream it reads holds those already. Not
+        refused while draining: the stream is work already admitted, and
+        draining waits for it.
+        """
+        await self._check_rate_limit()
+        if self.settings.auth.required:
+            gate = self._serving_gate()
+            record = await gate.directory.authenticate(request.headers)
+            await gate.admit_request(record)
+            return key_owner(record.id)
+        return owner_of(request.headers.get("authorization"))
+
+    def _serving_gate(self) -> Gate:
+        if self.gate is None:  # keys are required but serving has ended (or not begun)
+            raise ShuttingDown()
+        return self.gate
+
+    async def _check_rate_limit(self) -> None:
+        """The gateway's own per-client limit (``[admission] requests_per_minute``): 429."""
+        if self.rate_limiter is not None:
+            wait = await self.rate_limiter.check(_client_key())
+            if wait is not None:
+                self.metrics.rate_limited.inc()
+                raise TooManyRequests("Rate limit exceeded for this client.",
+                                      code="rate_limit_exceeded", retry_after=wait)
 
     async def stream_response(self, chat: ChatRequest, write_body: BodyWriter,
                               received_at: float, *, heartbeats: bool,

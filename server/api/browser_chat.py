@@ -29,7 +29,7 @@ Errors are the ``/v1`` ones: a `RequestError` naming the ``param``, answered
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -47,6 +47,7 @@ from server.api.chat_completions import (
     parse_chat_request,
     required_field,
 )
+from server.api.resume_header import RESUMABLE_HEADER, wants_resumable
 from server.config import Accepts, Settings
 from server.errors import RequestError
 from server.stream.channel import BodyWriter
@@ -131,8 +132,16 @@ def default_model(settings: Settings) -> str | None:
     return settings.chat.default_model or next(iter(settings.model_names), None)
 
 
-def register_chat_api(app: Quart, settings: Settings, stream_response: StreamOpener) -> None:
-    """Add ``POST /chat``, served as a stream planned by ``stream_response``."""
+ResumableStart = Callable[[ChatRequest, float], Awaitable[Response]]
+
+
+def register_chat_api(app: Quart, settings: Settings, stream_response: StreamOpener,
+                      start_resumable: ResumableStart) -> None:
+    """Add ``POST /chat``, served as a stream planned by ``stream_response``.
+
+    With ``X-Sluice-Resumable: true`` the stream is a resumable one, started by
+    ``start_resumable`` (`server.api.resume`).
+    """
     fallback_model = default_model(settings)
 
     @app.post("/chat")
@@ -140,6 +149,8 @@ def register_chat_api(app: Quart, settings: Settings, stream_response: StreamOpe
         received_at = trio.current_time()
         parsed = parse_chat_api_request(await request.get_data(False, False, False),
                                         fallback_model)
+        if wants_resumable(request.headers.get(RESUMABLE_HEADER)):
+            return await start_resumable(parsed.chat, received_at)
         model = parsed.chat.model
         write_body: BodyWriter
         if parsed.stream:

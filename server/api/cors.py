@@ -1,9 +1,10 @@
 """CORS: which other origins' pages may call Sluice's API from a browser.
 
 A pure policy over `CorsSettings` and two thin Quart hooks. The API — every
-``/v1/*`` path and ``/chat`` — is covered; the page at ``/``, ``/healthz`` and
-``/metrics`` are same-origin only. By default no other origin is allowed;
-``allow_origins = ["*"]`` allows any, and only when configured so.
+``/v1/*`` path, ``/chat`` and its resume and cancel (``/chat/*``) — is
+covered; the page at ``/``, ``/healthz`` and ``/metrics`` are same-origin
+only. By default no other origin is allowed; ``allow_origins = ["*"]``
+allows any, and only when configured so.
 
     answer = preflight(cors, origin, "POST", "content-type, authorization")
     headers = response_headers(cors, origin)    # on the actual response
@@ -49,7 +50,7 @@ class Preflight:
 
 def covers(path: str) -> bool:
     """Is ``path`` part of the API that other origins may be allowed to call?"""
-    return path == "/chat" or path.startswith("/v1/")
+    return path == "/chat" or path.startswith(("/chat/", "/v1/"))
 
 
 def allowed_origin(cors: CorsSettings, origin: str | None) -> str | None:

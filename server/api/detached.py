@@ -10,12 +10,15 @@ responses (`server.api.responses`) and resumable chat streams
     return TailResponse(stream, after=-1, ...)          # this client reads it, like any later one
 
 **Ownership.** Only the client that started a stream may read or cancel it.
-Until Sluice has API keys of its own, a stream is bound to what the client
-sent: the hash of its ``Authorization`` header (when it sent one) and the
-stream's id, 128 random bits that only that client was told. `owner_of` is
-the one place to change when keys land: return the key's id instead. A
-stream that is not the caller's is answered exactly like one that does not
-exist (404), so ids cannot be probed.
+With ``[auth] required``, a stream belongs to the API key that started it
+(`key_owner`); without, to what the client sent: the hash of its
+``Authorization`` header (when it sent one) and the stream's id, 128 random
+bits that only that client was told (`owner_of`). A stream that is not the
+caller's is answered exactly like one that does not exist (404), so ids
+cannot be probed. Reading, polling and cancelling are requests like others
+for the rate limits (`Ownership.admit_reader`): they count against the
+client's and the key's requests per minute, but take no second concurrency
+slot and reserve no tokens — the stream holds those already.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from hypercorn.typing import ASGISendCallable
@@ -37,11 +40,26 @@ from server.stream.nursery import serve_stream
 from server.stream.tail import TailPlan, serve_tail
 
 
-def owner_of(authorization: str | None) -> str:
-    """Who is asking (from the request's ``Authorization``), as a detached stream records it.
+class Ownership(Protocol):
+    """Who may start and read detached streams (`server.gateway.Gateway` implements it)."""
 
-    The hook for API keys: when they land, return ``"key:" + key_id`` here.
-    """
+    async def owner(self) -> str:
+        """The asking request's owner identity (401 when keys are required and it has none)."""
+        ...
+
+    async def admit_reader(self) -> str:
+        """`owner`, after the request counted against its rate limits (429): for reads,
+        polls and cancels."""
+        ...
+
+
+def key_owner(key_id: str) -> str:
+    """The owner of a stream started with an API key (when keys are required): the key."""
+    return "key:" + key_id
+
+
+def owner_of(authorization: str | None) -> str:
+    """The owner of a stream started without required keys: what the client sent, hashed."""
     if not authorization:
         return "anonymous"  # the unguessable id alone guards the stream
     return "auth:" + hashlib.blake2b(authorization.encode(), digest_size=16).hexdigest()

@@ -30,7 +30,7 @@ import trio
 from quart import Quart, Response, request
 
 from server.api.browser_chat import StreamOpener
-from server.api.detached import TailResponse, detached, owner_of, starting_after
+from server.api.detached import Ownership, TailResponse, detached, starting_after
 from server.api.responses_events import ResponseMeta, ResponseTranscript
 from server.api.responses_request import parse_responses_request
 from server.api.responses_writer import (
@@ -50,7 +50,7 @@ CANCEL_BOUND = 5.0
 
 
 def register_responses_api(app: Quart, settings: Settings, stream_response: StreamOpener,
-                           background: BackgroundStreams) -> None:
+                           background: BackgroundStreams, ownership: Ownership) -> None:
     """Add the ``/v1/responses`` endpoints."""
     keepalive = settings.server.keepalive_interval
     limits = settings.resume
@@ -67,8 +67,7 @@ def register_responses_api(app: Quart, settings: Settings, stream_response: Stre
             return await stream_response(parsed.chat, partial(writer, transcript=transcript),
                                          received_at, heartbeats=parsed.stream)
         shaper = ResponseLogShaper(transcript)
-        stream = DetachedStream(meta.id, "response",
-                                owner_of(request.headers.get("authorization")),
+        stream = DetachedStream(meta.id, "response", await ownership.owner(),
                                 EventLog(max_events=limits.max_events,
                                          max_bytes=limits.max_bytes), shaper, grace=None,
                                 describe=transcript.response)
@@ -83,7 +82,7 @@ def register_responses_api(app: Quart, settings: Settings, stream_response: Stre
 
     @app.get("/v1/responses/<response_id>")
     async def retrieve_response(response_id: str) -> Response:
-        stream = await _background_response(background, response_id)
+        stream = await _background_response(background, ownership, response_id)
         wants_stream = request.args.get("stream", "false")
         if wants_stream not in ("true", "false"):
             raise RequestError("'stream' must be true or false.", param="stream",
@@ -97,15 +96,14 @@ def register_responses_api(app: Quart, settings: Settings, stream_response: Stre
     @app.post("/v1/responses/<response_id>/cancel")
     async def cancel_response(response_id: str) -> Response:
         """Stop the upstream; idempotent: a finished response is returned as it is."""
-        stream = await _background_response(background, response_id)
+        stream = await _background_response(background, ownership, response_id)
         await stream.stop("cancelled by the client", CANCEL_BOUND)
         return _json(await stream.snapshot())
 
 
-async def _background_response(background: BackgroundStreams,
+async def _background_response(background: BackgroundStreams, ownership: Ownership,
                                response_id: str) -> StreamHandle:
-    stream = await background.find("response", response_id,
-                                   owner_of(request.headers.get("authorization")))
+    stream = await background.find("response", response_id, await ownership.admit_reader())
     if stream is None:
         raise StreamNotFound("background response", response_id)
     return stream

@@ -41,6 +41,7 @@ from server.keys.directory import KeyDirectory, RequestHeaders
 from server.keys.metrics import TenancyMetrics
 from server.keys.record import KeyRecord
 from server.keys.settings import AuthSettings, Price
+from server.limits.quota import Quota
 from server.limits.shared_state import SharedState, open_shared_state
 from server.limits.state_settings import StateSettings
 from server.limits.store import Admission, Periods, Settlement, StateStore, Usage, Verdict
@@ -152,16 +153,35 @@ class Gate:
         verdict, store = await self.state.admit(admission)
         key = self.metrics.key(record.name)
         if not verdict.allowed:
-            if verdict.reason == "revoked":  # by another worker or instance, just now
-                self.directory.forget(record.id)
-                self.metrics.unauthorized.labels("revoked").inc()
-                raise Unauthorized("This API key has been revoked.")
-            self.metrics.refused.labels(key, verdict.reason or "").inc()
-            raise refusal(verdict, self._wall())
+            raise self._refused(record, verdict)
         self.metrics.requests.labels(key, self.metrics.model(chat.model)).inc()
         hide_usage = chat.stream and not grant.client_wants_usage
         return Ticket(self, admission, store, chat.model, ratelimit_headers(verdict), price,
                       prompt, UsageMeter() if hide_usage else None, key)
+
+    async def admit_request(self, record: KeyRecord) -> None:
+        """Count one request against the key's requests per minute, and nothing else.
+
+        For the requests that read, poll or cancel a detached stream: the stream
+        they read holds its concurrency slot and its tokens already, so a resume
+        takes neither; it is a request like any other for the key's rpm (429).
+        """
+        if not record.quota.rpm:
+            return
+        quota = Quota(rpm=record.quota.rpm, burst=record.quota.burst)
+        admission = Admission(record.id, quota, 0, 0.0, Periods.at(self._wall()),
+                              check_record=not record.static)
+        verdict, _ = await self.state.admit(admission)
+        if not verdict.allowed:
+            raise self._refused(record, verdict)
+
+    def _refused(self, record: KeyRecord, verdict: Verdict) -> SluiceError:
+        if verdict.reason == "revoked":  # by another worker or instance, just now
+            self.directory.forget(record.id)
+            self.metrics.unauthorized.labels("revoked").inc()
+            return Unauthorized("This API key has been revoked.")
+        self.metrics.refused.labels(self.metrics.key(record.name), verdict.reason or "").inc()
+        return refusal(verdict, self._wall())
 
 
 @dataclass(slots=True)

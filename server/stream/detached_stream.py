@@ -32,7 +32,7 @@ from server.stream.late_status import LateStatusResponse
 from server.stream.usage import UsageMeter
 from server.stream.writers import receive_batch
 
-StreamKind = Literal["response", "chat"]
+StreamKind = Literal["response", "chat", "browser_chat"]
 Producer = Callable[[trio.Event], Awaitable[SluiceError | None]]
 
 

@@ -26,8 +26,9 @@ BACKENDS = [{"name": "sim", "kind": "simulated", "models": ["m"]}]
 
 def test_only_the_api_is_covered() -> None:
     assert covers("/v1/chat/completions") and covers("/v1/models") and covers("/chat")
+    assert covers("/chat/chatstream_1/stream") and covers("/chat/chatstream_1/cancel")
     assert not covers("/") and not covers("/healthz") and not covers("/metrics")
-    assert not covers("/chat/x") and not covers("/v1")
+    assert not covers("/chatter") and not covers("/v1")
 
 
 def test_no_origin_is_allowed_by_default() -> None:
@@ -61,9 +62,19 @@ def test_a_preflight_answers_methods_headers_and_max_age() -> None:
     headers = dict(answer.headers)
     assert headers["Access-Control-Allow-Origin"] == APP
     assert headers["Access-Control-Allow-Methods"] == "GET, POST"
-    assert headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type, X-Request-ID"
+    assert headers["Access-Control-Allow-Headers"] == (
+        "Authorization, Content-Type, X-Request-ID, X-Sluice-Resumable, Last-Event-ID")
     assert headers["Access-Control-Max-Age"] == "600"
     assert "Origin" in headers["Vary"]
+
+
+def test_the_default_headers_let_a_page_opt_in_to_resuming_and_resume() -> None:
+    """A cross-origin page's resumable stream and its resume pass the default policy."""
+    opt_in = preflight(POLICY, APP, "POST", "content-type, x-sluice-resumable")
+    resume = preflight(POLICY, APP, "GET", "last-event-id")
+    assert opt_in.refusal is None and resume.refusal is None
+    assert "X-Sluice-Stream-ID" in dict(response_headers(POLICY, APP))[
+        "Access-Control-Expose-Headers"]
 
 
 @pytest.mark.parametrize(("origin", "method", "asked", "reason"), [
