@@ -2,13 +2,17 @@
 
 The page (`server/static/index.html`) is one self-contained file — inline
 CSS and JavaScript, no build step, no CDN — because the machine serving it
-may be offline. It talks to ``/v1/models`` and ``/v1/chat/completions`` with
-``fetch`` and reads the stream with a ``ReadableStream`` reader.
+may be offline. It talks to ``/v1/models`` and ``/chat`` with ``fetch`` and
+reads the stream with a ``ReadableStream`` reader. Its streams are resumable
+(``X-Sluice-Resumable: true``): it keeps the reply in flight in
+``sessionStorage``, and after a reload it shows the reply so far and resumes
+the stream after its last event with an ``EventSource``; Stop cancels the
+stream (``POST /chat/{id}/cancel``), so the model stops too.
 
 Its Content-Security-Policy allows nothing but that: the inline ``<script>``
 and ``<style>`` by their SHA-256 hashes (computed here from the file as
 served, so an edit to the page cannot leave a stale hash behind) and
-``fetch`` to its own origin.
+``fetch`` and ``EventSource`` to its own origin.
 
     register_page(app)
 """

@@ -50,4 +50,4 @@ async def test_the_page_is_served_with_its_policy(
     assert response.content == page_html()
     assert response.headers["content-security-policy"] == content_security_policy(page_html())
     assert response.headers["x-content-type-options"] == "nosniff"
-    assert b"/v1/chat/completions" in response.content
+    assert b'fetch("/chat"' in response.content and b"new EventSource(" in response.content
