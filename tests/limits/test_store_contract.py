@@ -153,6 +153,20 @@ async def test_streams_hold_leases_until_settled(store: StateStore, clock: trio.
     assert (await store.admit(ask(quota))).allowed
 
 
+async def test_a_rate_only_admission_counts_the_rate_and_takes_no_lease(
+        store: StateStore, clock: trio.abc.Clock) -> None:
+    """What a resume, a poll or a cancel asks (`Gate.admit_request`): the key's rpm only."""
+    full = Quota(rpm=600, burst=2, tpm=1000, max_streams=1)
+    stream = ask(full, 100)
+    assert (await store.admit(stream)).allowed  # the stream: a request, a lease, 100 tokens
+    assert (await store.admit(ask(Quota(rpm=600, burst=2)))).allowed  # a resume beside it
+    refused = await store.admit(ask(Quota(rpm=600, burst=2)))
+    assert refused.reason == "requests"  # the two share the key's burst
+    await store.settle(used(stream, 1, 1))
+    await trio.sleep(refused.retry_after + SLACK)
+    assert (await store.admit(ask(full))).allowed  # the resume left no lease behind
+
+
 async def test_a_lease_lives_while_renewed_and_expires_after(
         store: StateStore, clock: trio.abc.Clock) -> None:
     quota = Quota(max_streams=1)
