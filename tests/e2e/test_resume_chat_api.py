@@ -53,6 +53,14 @@ def _events(received: Received) -> list[dict[str, Any]]:
     return [json.loads(event) for event in received.events]
 
 
+async def _start(client: httpx.AsyncClient, sluice: RunningSluice,
+                 stop_after: int) -> tuple[httpx.Response, Received]:
+    """Start a resumable /chat stream and leave after ``stop_after`` content events."""
+    async with client.stream("POST", sluice.base_url + "/chat", json=_chat(),
+                             headers=RESUMABLE) as response:
+        return response, await receive_stream(response, stop_after=stop_after)
+
+
 async def _resume(client: httpx.AsyncClient, sluice: RunningSluice, stream_id: str,
                   query: str = "", **headers: str) -> Received:
     async with client.stream("GET", f"{sluice.base_url}/chat/{stream_id}/stream{query}",
@@ -63,9 +71,7 @@ async def _resume(client: httpx.AsyncClient, sluice: RunningSluice, stream_id: s
 async def test_a_chat_api_stream_resumed_with_last_event_id_ends_as_the_original(
         sluice: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
     upstream.scenario = Scenario(tokens=12, tps=30)
-    async with client.stream("POST", sluice.base_url + "/chat", json=_chat(),
-                             headers=RESUMABLE) as response:
-        first = await receive_stream(response, stop_after=3)  # then the page reloads
+    response, first = await _start(client, sluice, stop_after=3)  # then the page reloads
     stream_id = response.headers["x-sluice-stream-id"]
     assert response.status_code == 200 and stream_id.startswith("chatstream_")
     assert _ids(first) == [0, 1, 2]
@@ -95,9 +101,7 @@ async def test_a_chat_api_stream_resumed_with_last_event_id_ends_as_the_original
 async def test_a_chat_api_stream_is_cancelled_and_its_readers_are_told(
         sluice: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
     upstream.scenario = Scenario(tokens=1000, tps=20)
-    async with client.stream("POST", sluice.base_url + "/chat", json=_chat(),
-                             headers=RESUMABLE) as response:
-        await receive_stream(response, stop_after=2)
+    response, _ = await _start(client, sluice, stop_after=2)
     stream_id = response.headers["x-sluice-stream-id"]
     cancelled_at = trio.current_time()
     cancel = await client.post(f"{sluice.base_url}/chat/{stream_id}/cancel")
@@ -115,9 +119,7 @@ async def test_a_chat_api_stream_is_cancelled_and_its_readers_are_told(
 async def test_an_unread_chat_api_stream_ends_after_the_grace_period(
         sluice: RunningSluice, upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
     upstream.scenario = Scenario(tokens=1000, tps=20)
-    async with client.stream("POST", sluice.base_url + "/chat", json=_chat(),
-                             headers=RESUMABLE) as response:
-        await receive_stream(response, stop_after=1)
+    await _start(client, sluice, stop_after=1)
     await assert_upstream_closed(upstream, trio.current_time(), after=GRACE)
 
 
