@@ -5,8 +5,9 @@
 An embeddings answer is one JSON body, so it is relayed whole
 (`server.api.one_shot`): the same routing, retries and fail-over as a
 stream before its first chunk, the same admission slots
-(``buffered_weight``), the client's rate limit, and the backend's
-``upstream_model`` and key. ``input`` and ``model`` are checked; every other
+(``buffered_weight``), the client's rate limit (and, with API keys, the
+key's models and requests per minute), and the backend's ``upstream_model``
+and key. ``input`` and ``model`` are checked; every other
 field (``encoding_format``, ``dimensions``, ``user``) travels untouched. The
 built-in simulated model answers with deterministic unit vectors.
 """
@@ -73,12 +74,17 @@ def register_embeddings_api(app: Quart, gateway: Gateway) -> None:
     @app.post("/v1/embeddings")
     async def embeddings() -> Response:
         body = parse_embeddings_request(await request.get_data(False, False, False))
-        if gateway.settings.auth.required:  # 401 / 403 and the key's alias; no token quota
+        record = None
+        if gateway.settings.auth.required:  # 401 / 403 and the key's alias
             if gateway.gate is None:
                 raise ShuttingDown()
-            _, served = await gateway.gate.authorize_model(request.headers, body["model"])
+            record, served = await gateway.gate.authorize_model(request.headers, body["model"])
             body = {**body, "model": served}
         routes = await gateway.admit(body["model"], serves_embeddings)
+        if record is not None and gateway.gate is not None:
+            # The key's requests per minute (429). Its tokens are not metered here: an
+            # embedding has no completion to reserve for, and its usage is not settled.
+            await gateway.gate.admit_request(record)
         context = PumpContext(routes=routes, policy=gateway.settings.retry,
                               queue_timeout=admission.queue_timeout, metrics=gateway.metrics,
                               rng=gateway.rng)

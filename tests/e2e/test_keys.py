@@ -299,13 +299,14 @@ async def test_without_an_admin_key_there_is_no_admin_api(
 
 async def test_embeddings_need_a_key_that_may_use_the_model(
         upstream: FakeUpstream, client: httpx.AsyncClient) -> None:
-    """/v1/embeddings is not a stream, but the same keys guard it: 401, 403, then served."""
+    """/v1/embeddings is not a stream, but the same keys guard it: 401, 403, served, and
+    429 beyond the key's requests per minute."""
     key = new_key()
     settings = parse_settings({
         "backends": [{"name": "fake", "kind": "openai", "base_url": upstream.base_url,
                       "models": ["*"], "embeddings": True}],
         "auth": {"keys": [{"id": key.id, "hash": key.hash, "name": "a",
-                           "models": ["embed-m"]}]}})
+                           "models": ["embed-m"], "rpm": 2, "burst": 2}]}})
     async with running_sluice(settings) as sluice:
         url = sluice.base_url + "/v1/embeddings"
         body = {"model": "embed-m", "input": "hello"}
@@ -317,6 +318,11 @@ async def test_embeddings_need_a_key_that_may_use_the_model(
         served = await client.post(url, json=body, headers=bearer(key))
         assert served.status_code == 200, served.text
         assert served.json()["data"][0]["object"] == "embedding"
+        assert (await client.post(url, json=body, headers=bearer(key))).status_code == 200
+        refused = await client.post(url, json=body, headers=bearer(key))  # the key's rpm
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "retry-after" in refused.headers
 
 
 async def test_the_access_log_names_the_key_never_shows_it(
