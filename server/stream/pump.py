@@ -24,7 +24,10 @@ reads, sends, sleeps and keeps the timer:
   (`server.stream.hedge`), a continuation goes to the backends that can
   continue — the one that cut the answer last, one that refused a prefill
   not for ``prefill_cooldown`` — and the plan's model may change on a
-  context-length refusal (``context_fallback``: that model's routes then).
+  context-length refusal (``context_fallback``: that model's routes then);
+* each attempt is a span of the stream's trace (`server.telemetry`), ended
+  in the attempt's ``finally`` whatever ends it; its ``traceparent`` goes
+  upstream with the request.
 """
 
 from __future__ import annotations
