@@ -29,12 +29,15 @@ def test_traces_are_off_by_default() -> None:
     assert open_tracer(telemetry()) is NULL_TRACER
 
 
-def test_every_setting_is_read() -> None:
-    settings = telemetry(traces=True, service_name="gw-eu", exporter="console",
+@pytest.mark.parametrize("exporter", ["console", "otlp"])
+async def test_every_setting_is_read(exporter: str) -> None:
+    settings = telemetry(traces=True, service_name="gw-eu", exporter=exporter,
                          endpoint="https://collector:4318/v1/traces", sample_ratio=0.25)
-    assert settings == TelemetrySettings(True, "gw-eu", "console",
+    assert settings == TelemetrySettings(True, "gw-eu", exporter,  # type: ignore[arg-type]
                                          "https://collector:4318/v1/traces", 0.25)
-    assert isinstance(open_tracer(settings), OtelTracer)
+    tracer = open_tracer(settings)
+    assert isinstance(tracer, OtelTracer)
+    await tracer.aclose()  # nothing to export: its thread stops at once
 
 
 @pytest.mark.parametrize(("table", "message"), [

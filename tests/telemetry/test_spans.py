@@ -11,6 +11,7 @@ ended spans are exported).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -146,8 +147,10 @@ async def test_every_stream_endpoint_is_traced(
 
 
 async def test_a_client_leaving_mid_stream_ends_both_spans(
-    exporter: InMemorySpanExporter, primary: FakeUpstream, fallback: FakeUpstream
+    exporter: InMemorySpanExporter, primary: FakeUpstream, fallback: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="opentelemetry")
     primary.scenario = Scenario(tokens=1000, tps=20)
     async with traced(exporter, primary, fallback) as sluice:
         left_at = await leave_mid_stream(sluice.base_url, URL, chat_body(), b'"content":"t',
@@ -163,6 +166,8 @@ async def test_a_client_leaving_mid_stream_ends_both_spans(
     assert "gen_ai.response.finish_reasons" not in attrs(attempt)  # it never finished
     assert attempt.end_time is not None and server.end_time is not None
     assert attempt.end_time <= server.end_time
+    # No context was attached, so none failed to detach (the Trio hazard; README).
+    assert not [r for r in caplog.records if r.name.startswith("opentelemetry")]
 
 
 async def test_a_fail_over_is_two_children_the_first_failed(
