@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from server.config import parse_settings
 from server.testing.fake_upstream import FakeUpstream, Scenario
 from tests.conftest import RunningSluice, chat_body, running_sluice, wait_until
 from tests.e2e.leaving import assert_upstream_closed, leave_mid_stream
@@ -305,3 +306,23 @@ async def test_a_sample_ratio_of_zero_records_nothing_but_a_sampled_caller_is_ob
     assert f"{server.context.trace_id:032x}" == TRACE_ID
 
 
+
+
+async def test_an_ollama_backend_gets_the_traceparent_too(
+    exporter: InMemorySpanExporter, primary: FakeUpstream
+) -> None:
+    settings = parse_settings({
+        "backends": [{"name": "ollama", "kind": "ollama", "base_url": primary.origin,
+                      "models": ["*"]}],
+        "telemetry": {"traces": True}})
+    async with running_sluice(settings, span_processor=SimpleSpanProcessor(exporter)) as sluice:
+        got = await stream(sluice)
+        assert got.content == TEN and got.done
+        server = await server_span(exporter)
+    [attempt] = attempts(exporter, server)
+    assert attrs(attempt)["gen_ai.provider.name"] == "ollama"
+    assert primary.requests[0].path == "/api/chat"
+    _version, trace_id, parent_id, flags = primary.requests[0].headers["traceparent"].split("-")
+    assert (trace_id, parent_id) == (f"{server.context.trace_id:032x}",
+                                     f"{attempt.context.span_id:016x}")
+    assert int(flags, 16) & 1  # sampled
