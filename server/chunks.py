@@ -72,6 +72,13 @@ def inspect_chunk(payload: bytes) -> tuple[ChunkFacts, dict[str, Any]]:
     return _PLAIN_FACTS[content][finished], chunk
 
 
+def finish_reasons(chunk: dict[str, Any]) -> tuple[str, ...]:
+    """The finish_reasons of a chunk's choices (of a chunk whose facts say ``finished``)."""
+    choices = chunk.get("choices") or ()
+    return tuple(str(c["finish_reason"]) for c in choices
+                 if isinstance(c, dict) and c.get("finish_reason") is not None)
+
+
 # Facts without an error come in four kinds: share them (a frozen dataclass
 # costs ~1 µs to build, a measurable share of a relayed chunk).
 _PLAIN_FACTS = ((ChunkFacts(False, False, None), ChunkFacts(False, True, None)),

@@ -16,6 +16,7 @@ install answers `/v1/chat/completions` with no model server at all.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import re
@@ -33,6 +34,8 @@ Continuation = Literal["none", "prefill"]
 CONTINUATIONS: tuple[Continuation, ...] = ("none", "prefill")
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
+SpanExporterKind = Literal["otlp", "console"]
+SPAN_EXPORTERS: tuple[SpanExporterKind, ...] = ("otlp", "console")
 
 DEFAULT_CONFIG = """
 [[backends]]
@@ -184,6 +187,19 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    """OpenTelemetry traces (`server.telemetry`): off unless ``traces = true``."""
+
+    traces: bool = False
+    service_name: str = "sluice"
+    exporter: SpanExporterKind = "otlp"  # "console": spans as JSON on standard output
+    # OTLP/HTTP traces URL; "" = $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else
+    # $OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces, else http://localhost:4318/v1/traces
+    endpoint: str = ""
+    sample_ratio: float = 1.0  # of traces started here; a caller's sampled flag is obeyed
+
+
+@dataclass(frozen=True, slots=True)
 class ResumeSettings:
     """Detached streams: background responses and resumable chat streams."""
 
@@ -207,6 +223,7 @@ class Settings:
     chat: ChatApiSettings = field(default_factory=ChatApiSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     resume: ResumeSettings = field(default_factory=ResumeSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     state: StateSettings = field(default_factory=StateSettings)  # server.limits.state_settings
     auth: AuthSettings = field(default_factory=AuthSettings)  # server.keys.settings
     models: Mapping[str, ModelSettings] = field(default_factory=dict)
@@ -251,6 +268,7 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
     chat_table = table.table("chat")  # read once the backends are known
     logging = _logging(table.table("logging"))
     resume = _resume(table.table("resume"))
+    telemetry = _telemetry(table.table("telemetry"))
     state = parse_state(table.table("state"))
     auth = parse_auth(table.table("auth"))
     models_table = table.table("models")
@@ -269,7 +287,7 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
     return Settings(backends=backends, server=server, timeouts=timeouts, retry=retry,
                     breaker=breaker, admission=admission, cors=cors,
                     chat=_chat(chat_table, backends), logging=logging,
-                    resume=resume, state=state, auth=auth,
+                    resume=resume, telemetry=telemetry, state=state, auth=auth,
                     models=_models(models_table, backends))
 
 
@@ -433,6 +451,44 @@ def _resume(table: _Table) -> ResumeSettings:
                           f"URL, got {settings.redis_url!r}")
     table.finish()
     return settings
+
+
+# What `[telemetry]` needs installed: the extra ``sluice[otel]``.
+OTEL_MODULES = ("opentelemetry.trace", "opentelemetry.sdk.trace")
+OTLP_MODULE = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
+
+
+def _telemetry(table: _Table) -> TelemetrySettings:
+    d = TelemetrySettings()
+    settings = TelemetrySettings(
+        traces=table.take("traces", bool, d.traces),
+        service_name=table.take("service_name", str, d.service_name, _non_empty),
+        exporter=table.take("exporter", str, d.exporter,  # type: ignore[arg-type]
+                            _one_of(SPAN_EXPORTERS)),
+        endpoint=table.take("endpoint", str, d.endpoint),
+        sample_ratio=table.number("sample_ratio", d.sample_ratio, allow_zero=True),
+    )
+    if settings.endpoint and not settings.endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{table.path}.endpoint: expected an http:// or https:// URL "
+                          f"(OTLP over HTTP), got {settings.endpoint!r}")
+    if settings.sample_ratio > 1:
+        raise ConfigError(f"{table.path}.sample_ratio: must be ≤ 1, got {settings.sample_ratio}")
+    table.finish()
+    if settings.traces:
+        needed = OTEL_MODULES + ((OTLP_MODULE,) if settings.exporter == "otlp" else ())
+        missing = [name for name in needed if not _importable(name)]
+        if missing:
+            raise ConfigError(f"{table.path}.traces: OpenTelemetry is not installed "
+                              f"({missing[0]} is missing): pip install 'sluice[otel]'")
+    return settings
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 _DEFAULT_MODEL = ModelSettings()

@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
@@ -72,6 +72,11 @@ from server.stream.channel import BodyWriter
 from server.stream.nursery import StreamPlan
 from server.stream.pump import PumpContext, fallback_routes
 from server.stream.writers import write_completion, write_sse
+from server.telemetry import open_tracer
+from server.telemetry.tracer import NULL_TRACER, Tracer
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import SpanProcessor
 
 log = logging.getLogger("sluice")
 
@@ -84,7 +89,10 @@ class SluiceApp(QuartTrio):
     send_stall_timeout: float | None = None
 
 
-def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> SluiceApp:
+def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *,
+               span_processor: SpanProcessor | None = None) -> SluiceApp:
+    """The app for ``settings``; ``span_processor`` receives its spans instead of the
+    configured exporter (tests: the SDK's in-memory exporter; traces must be on)."""
     environ = os.environ if environ is None else environ
     for backend in settings.backends:
         api_key_from_env(backend, environ)  # a missing key stops the server at start
@@ -99,7 +107,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         JSON_SORT_KEYS=False,
     )
     metrics = Metrics()
-    gateway = Gateway(settings, metrics)
+    tracer = open_tracer(settings.telemetry, span_processor)
+    gateway = Gateway(settings, metrics, tracer)
     app.extensions["sluice.gateway"] = gateway
     background = BackgroundStreams(settings.resume)  # detached streams (server.stream.background)
     watch_background(metrics, background)
@@ -129,6 +138,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         gateway.routes = ()
         gateway.gate = None
         await lifetime.aclose()
+        await tracer.aclose()  # the last spans exported (bounded)
 
     @app.before_request
     async def assign_request_id() -> None:
@@ -222,9 +232,11 @@ class Gateway:
     validated request into a `StreamResponse` with `stream_response`.
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics,
+                 tracer: Tracer = NULL_TRACER) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.tracer = tracer  # traces of every stream (`server.telemetry`), null when off
         self.routes: tuple[Route, ...] = ()
         self.slots = Slots(settings.admission.max_streams)
         self.lifecycle = Lifecycle()
@@ -346,6 +358,9 @@ class Gateway:
             access_log=self.access_log,
             key_name=grant.record.name if grant is not None else None,
             ticket=ticket,
+            endpoint=request.path,
+            tracer=self.tracer,
+            trace_headers=self.tracer.parent_headers(request.headers),
         )
         response = StreamResponse(plan, self.metrics)
         for name, value in ticket.headers if ticket else ():

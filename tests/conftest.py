@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -33,6 +33,9 @@ from server.serving import tcp_server
 from server.serving.launch import hypercorn_config
 from server.testing.fake_upstream import FakeUpstream, Scenario
 from server.testing.redis_server import MISSING, RedisServer, find_redis_server, redis_required
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import SpanProcessor
 
 tcp_server.install()  # as server.app does: the tests' server is the one `sluice serve` runs
 
@@ -87,10 +90,13 @@ def settings_for(upstream_url: str, kind: str = "openai", **overrides: Any) -> S
 @asynccontextmanager
 async def running_sluice(
     settings: Settings, environ: dict[str, str] | None = None, bind: str = "127.0.0.1:0",
-    keep_alive_timeout: float | None = None,
+    keep_alive_timeout: float | None = None, span_processor: SpanProcessor | None = None,
 ) -> AsyncIterator[RunningSluice]:
-    """Sluice under hypercorn on a free loopback port, shut down gracefully on exit."""
-    app = create_app(settings, environ=environ or {})
+    """Sluice under hypercorn on a free loopback port, shut down gracefully on exit.
+
+    ``span_processor`` receives the spans (when the settings turn traces on).
+    """
+    app = create_app(settings, environ=environ or {}, span_processor=span_processor)
     config = hypercorn_config(bind)
     if keep_alive_timeout is not None:
         config.keep_alive_timeout = keep_alive_timeout

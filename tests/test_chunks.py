@@ -12,6 +12,7 @@ from server.chunks import (
     MalformedChunk,
     chunk_bytes,
     error_event_payload,
+    finish_reasons,
     inspect_chunk,
 )
 from server.errors import StreamCut, UpstreamTimeout
@@ -228,3 +229,11 @@ def test_error_event_payload_hides_the_detail() -> None:
     payload = error_event_payload(error)
     assert b"10.0.0.7" not in payload
     assert orjson.loads(payload)["error"]["code"] == "stream_truncated"
+
+
+def test_finish_reasons_lists_each_finished_choice() -> None:
+    chunk = {"choices": [{"index": 0, "finish_reason": "stop"}, {"index": 1, "delta": {}},
+                         {"index": 2, "finish_reason": "length"}]}
+    assert finish_reasons(chunk) == ("stop", "length")
+    assert finish_reasons({"choices": []}) == ()
+    assert finish_reasons({}) == ()

@@ -1,8 +1,11 @@
 """What a backend is to the relay: something that opens a stream of chunk payloads.
 
-    async with backend.open_stream(request) as payloads:
+    async with backend.open_stream(request, headers) as payloads:
         async for payload in payloads:     # bytes: one chunk's JSON, or b"[DONE]"
             ...
+
+``headers`` are added to the upstream request: the attempt's ``traceparent``
+when traces are on (`server.telemetry`), else none. Never a client's header.
 
 Leaving the ``async with`` — for whatever reason, cancellation included —
 releases the upstream connection: the stream's lifetime is the caller's
@@ -13,19 +16,21 @@ relay deals in one vocabulary whatever the model server is.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from server.api.chat_completions import ChatRequest
 from server.config import BackendSettings
 
+NO_HEADERS: Mapping[str, str] = {}  # what a request adds to the upstream's headers: none
+
 
 class Backend(Protocol):
     settings: BackendSettings
 
     def open_stream(
-        self, request: ChatRequest
+        self, request: ChatRequest, headers: Mapping[str, str] = ...
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...
 
 

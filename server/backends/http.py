@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 import orjson
 import trio
 
+from server.backends.base import NO_HEADERS
 from server.backends.upstream_errors import MAX_ERROR_BODY, status_error
 from server.backends.wire import BodyFraming, Head, ProtocolError, parse_head, request_bytes
 from server.config import BackendSettings, ConfigError, backend_path
@@ -94,9 +95,12 @@ class HttpUpstream:
         return status_error(status, body, headers.get("retry-after"), secrets=self.secrets)
 
     @asynccontextmanager
-    async def post(self, body: Any, *, decode: Decode,
-                   to_error: ToError | None = None) -> AsyncIterator[AsyncIterator[bytes]]:
-        message = request_bytes(self._target, self._authority, self._headers,
+    async def post(self, body: Any, *, decode: Decode, to_error: ToError | None = None,
+                   headers: Mapping[str, str] = NO_HEADERS
+                   ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """POST ``body`` as JSON, with ``headers`` besides the upstream's own (a trace's)."""
+        message = request_bytes(self._target, self._authority,
+                                {**self._headers, **headers} if headers else self._headers,
                                 orjson.dumps(body))
         connection, head = await self._exchange(message)
         stream = connection.stream

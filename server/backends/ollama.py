@@ -32,6 +32,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from server.api.chat_completions import ChatRequest
+from server.backends.base import NO_HEADERS
 from server.backends.http import BodyReader, HttpUpstream
 from server.backends.ollama_translate import NDJSONDecoder, OllamaStream, ollama_chat_body
 from server.config import BackendSettings
@@ -51,7 +52,8 @@ class OllamaBackend:
         self._upstream.close()
 
     @asynccontextmanager
-    async def open_stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def open_stream(self, request: ChatRequest, headers: Mapping[str, str] = NO_HEADERS
+                          ) -> AsyncIterator[AsyncIterator[bytes]]:
         body = ollama_chat_body(request, self.settings.upstream_model)
         translator = OllamaStream(completion_id=f"chatcmpl-{secrets.token_hex(12)}",
                                   created=int(time.time()), model=request.model,
@@ -67,8 +69,8 @@ class OllamaBackend:
                 for payload in translator.translate(line):
                     yield payload
 
-        async with self._upstream.post(body, decode=payloads,
-                                       to_error=self._status_error) as chunks:
+        async with self._upstream.post(body, decode=payloads, to_error=self._status_error,
+                                       headers=headers) as chunks:
             yield chunks
 
     def _status_error(self, status: int, headers: Mapping[str, str],

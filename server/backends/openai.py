@@ -19,7 +19,7 @@ client's, rendered for the upstream by `upstream_body` (as Ollama's is by
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -28,6 +28,7 @@ import orjson
 
 from server.api.chat_completions import ChatRequest
 from server.api.completions import CompletionRequest, as_chat_chunk
+from server.backends.base import NO_HEADERS
 from server.backends.http import BodyReader, Decode, HttpUpstream
 from server.config import BackendSettings
 from server.errors import UpstreamUnavailable
@@ -55,7 +56,8 @@ class OpenAIBackend:
                 upstream.close()
 
     @asynccontextmanager
-    async def open_stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def open_stream(self, request: ChatRequest, headers: Mapping[str, str] = NO_HEADERS
+                          ) -> AsyncIterator[AsyncIterator[bytes]]:
         body = upstream_body(request, self.settings.upstream_model,
                              stream_options=self.settings.stream_options)
         upstream: HttpUpstream = self._upstream
@@ -64,7 +66,7 @@ class OpenAIBackend:
             assert self._completions is not None  # routed only to backends that declare it
             upstream, decode = self._completions, partial(_sse_payloads,
                                                           translate=as_chat_chunk)
-        async with upstream.post(body, decode=decode) as payloads:
+        async with upstream.post(body, decode=decode, headers=headers) as payloads:
             yield payloads
 
     async def embed(self, body: dict[str, Any]) -> bytes:

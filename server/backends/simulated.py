@@ -21,7 +21,7 @@ import math
 import random
 import struct
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from functools import partial
 from typing import Any
@@ -30,6 +30,7 @@ import orjson
 import trio
 
 from server.api.chat_completions import ChatRequest
+from server.backends.base import NO_HEADERS
 from server.chunks import chunk_bytes
 from server.config import BackendSettings
 from server.sse import DONE
@@ -81,7 +82,9 @@ class SimulatedBackend:
         self._ids = random.Random()  # reply ids must differ, not be secret: no syscall each
 
     @asynccontextmanager
-    async def open_stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def open_stream(self, request: ChatRequest, headers: Mapping[str, str] = NO_HEADERS
+                          ) -> AsyncIterator[AsyncIterator[bytes]]:
+        del headers  # no upstream to pass a trace to: the model is this process
         async with aclosing(self._payloads(request)) as payloads:
             yield payloads
 

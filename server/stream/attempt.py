@@ -51,7 +51,7 @@ from typing import Any
 import orjson
 
 from server.api.chat_completions import ChatRequest
-from server.chunks import MalformedChunk, inspect_chunk
+from server.chunks import MalformedChunk, finish_reasons, inspect_chunk
 from server.errors import SluiceError, StreamCut, UpstreamTimeout, UpstreamUnavailable
 from server.sse import DONE
 from server.stream.channel import StreamEnd
@@ -94,15 +94,24 @@ class Attempt:
     """One upstream request of a stream, from its first payload to its end."""
 
     __slots__ = ("_content", "_continuing", "_first_chunk", "_held", "_idle", "_keep_text",
-                 "_progress", "_slack", "backend", "deadline", "error", "lost", "outgoing",
-                 "request", "started", "wasted")
+                 "_progress", "_slack", "backend", "deadline", "error", "finish_reasons",
+                 "first_content_at", "hedge", "lost", "number", "outgoing", "request",
+                 "response_model", "started", "usage", "wasted")
 
     def __init__(self, request: ChatRequest, progress: StreamProgress, backend: str, *,
                  started: float, first_chunk: float, idle: float, continuing: bool,
-                 keep_text: bool) -> None:
+                 keep_text: bool, hedge: bool = False) -> None:
         self.request = request  # what this attempt sends upstream
         self.backend = backend
         self.started = started
+        self.number = progress.attempts  # the stream's attempts so far, this one included
+        self.hedge = hedge  # raced against the attempt that was slow to its first token
+        # What this attempt's upstream said (for its trace span): noted once per attempt,
+        # at its first content chunk, a finish_reason, the usage chunk; never per chunk.
+        self.first_content_at: float | None = None  # when this attempt's first content came
+        self.response_model: str | None = None  # the model its chunks name
+        self.finish_reasons: tuple[str, ...] = ()
+        self.usage: dict[str, Any] | None = None  # as the upstream sent it
         self.deadline = started + first_chunk  # when the attempt's timer fires
         self.lost = False  # set when another attempt of a hedge race committed first
         self.wasted = 0  # content chunks received after losing, never sent
@@ -148,6 +157,9 @@ class Attempt:
             else:
                 self._content = True
                 self.deadline = now + self._idle
+                self.first_content_at = now
+                model = chunk.get("model")
+                self.response_model = model if isinstance(model, str) else None
                 action = SEND_REARMED
                 if progress.first_content_at is None:  # the commit point
                     progress.first_content_at = now
@@ -168,8 +180,10 @@ class Attempt:
             action = SEND
         if facts.finished:
             progress.finished = True
+            self.finish_reasons += finish_reasons(chunk)
             action = FLUSH_SEND_REARMED if action.rearms else FLUSH_SEND
         if usage is not None and isinstance(usage, dict):
+            self.usage = usage
             if self._continuing:
                 usage = whole_answer_usage(usage, progress.prefill_chunks)
                 payload = orjson.dumps({**chunk, "usage": usage})

@@ -169,7 +169,7 @@ class FailOver:
         first_chunk = min(timeouts.first_chunk, max(0.0, self._budget_ends - now))
         return Attempt(self._request, self._progress, backend, started=now,
                        first_chunk=first_chunk, idle=timeouts.idle, continuing=False,
-                       keep_text=self._keep_text)
+                       keep_text=self._keep_text, hedge=True)
 
     def failed_in_race(self, backend: str, end: StreamEnd) -> None:
         """One racer failed before any content while the other runs on: it is out."""

@@ -38,6 +38,7 @@ from server.stream.late_status import ASGISend, Headers, LateStatusResponse
 from server.stream.outcome import Outcome, stream_outcome
 from server.stream.progress import StreamProgress
 from server.stream.pump import PumpContext, pump_upstream
+from server.telemetry.tracer import NULL_TRACER, Tracer
 
 if TYPE_CHECKING:
     from server.keys.gate import Ticket
@@ -68,6 +69,9 @@ class StreamPlan:
     # Cancelled from outside, say why in-band ("server shutting down"); a detached stream
     # cancelled on purpose does not (its log ends with the dialect's cancelled events).
     last_word: bool = True
+    endpoint: str = "/v1/chat/completions"  # the path the request came to
+    tracer: Tracer = NULL_TRACER  # traces (`server.telemetry`): off, the null tracer
+    trace_headers: tuple[tuple[str, str], ...] = ()  # the request's traceparent, tracestate
 
 
 async def serve_stream(
@@ -85,6 +89,9 @@ async def serve_stream(
     held = 0
     upstream = trio.CancelScope()  # the pump's; the end of a drain cancels it
     watcher = trio.CancelScope()
+    # The server span: started here, ended after the record in `finally` — never made
+    # current (the README's "Traces under Trio").
+    trace = plan.tracer.stream(plan)
     plan.lifecycle.stream_started(upstream)
     try:
         async with trio.open_nursery() as nursery:
@@ -104,7 +111,7 @@ async def serve_stream(
                 await response.fail(error)
             else:
                 nursery.start_soon(pump_upstream, plan.request, plan.pump, items_in, progress,
-                                   upstream)
+                                   upstream, trace)
                 error = await plan.write_body(items_out, response)
             watcher.cancel()  # the pump may still drain a finished upstream: let it
         outcome = "client_disconnect" if client_gone.is_set() and not response.complete \
@@ -124,7 +131,7 @@ async def serve_stream(
             outcome = "client_disconnect"  # cancelled from outside, but the client had left
         if outcome == "client_disconnect":
             metrics.client_disconnects.inc()
-        _record(plan, progress, outcome, error, metrics, response)
+        trace.end(_record(plan, progress, outcome, error, metrics, response))
         try:
             if plan.ticket is not None:  # whatever ended the stream; before a drain ends
                 with trio.move_on_after(SETTLE_BOUND, shield=True):
@@ -193,7 +200,8 @@ async def watch_stream(
 
 
 def _record(plan: StreamPlan, progress: StreamProgress, outcome: Outcome,
-            error: SluiceError | None, metrics: Metrics, response: LateStatusResponse) -> None:
+            error: SluiceError | None, metrics: Metrics,
+            response: LateStatusResponse) -> StreamRecord:
     backend = progress.served_by or "none"  # the metrics' label
     now = trio.current_time()
     first_content = progress.first_content_at
@@ -227,3 +235,4 @@ def _record(plan: StreamPlan, progress: StreamProgress, outcome: Outcome,
         log.log(level, "stream %s ended %s: %s after %d chunks, %d attempt(s), in %.3f s",
                 plan.request_id, where, outcome, progress.chunks, progress.attempts,
                 now - plan.received_at)
+    return record

@@ -24,7 +24,10 @@ reads, sends, sleeps and keeps the timer:
   (`server.stream.hedge`), a continuation goes to the backends that can
   continue — the one that cut the answer last, one that refused a prefill
   not for ``prefill_cooldown`` — and the plan's model may change on a
-  context-length refusal (``context_fallback``: that model's routes then).
+  context-length refusal (``context_fallback``: that model's routes then);
+* each attempt is a span of the stream's trace (`server.telemetry`), ended
+  in the attempt's ``finally`` whatever ends it; its ``traceparent`` goes
+  upstream with the request.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from server.stream.fail_over import AfterAttempt, FailOver
 from server.stream.hedge import race
 from server.stream.outcome import Outcome, attempt_outcome
 from server.stream.progress import StreamProgress
+from server.telemetry.tracer import NULL_STREAM, StreamTrace
 
 log = logging.getLogger("sluice.pump")
 
@@ -102,8 +106,9 @@ async def pump_upstream(
     channel: trio.MemorySendChannel[ChannelItem],
     progress: StreamProgress,
     upstream_scope: trio.CancelScope,
+    trace: StreamTrace = NULL_STREAM,
 ) -> None:
-    """Relay the request's answer into ``channel``.
+    """Relay the request's answer into ``channel``; each attempt is a span of ``trace``.
 
     Cancelling ``upstream_scope`` stops the upstream side only (the end of a
     drain does): the stream then ends with an in-band "server shutting down",
@@ -111,7 +116,7 @@ async def pump_upstream(
     """
     with channel:
         with upstream_scope:
-            end = await _serve(request, context, channel, progress)
+            end = await _serve(request, context, channel, progress, trace)
         if upstream_scope.cancelled_caught:
             end = StreamEnd(ShuttingDown())
         if end is not None:
@@ -123,6 +128,7 @@ async def _serve(
     context: PumpContext,
     channel: trio.MemorySendChannel[ChannelItem],
     progress: StreamProgress,
+    trace: StreamTrace,
 ) -> StreamEnd | None:
     """Attempts until one completes or nothing more may be tried; return how it ended."""
     plan = FailOver(request, context.policy, progress, context.rng,
@@ -145,14 +151,15 @@ async def _serve(
             delay = None if step.continues else hedge_delay(context.model, route)
             if delay is None:
                 end = await _attempt(reservation, attempt, None, channel=channel,
-                                     metrics=context.metrics)
+                                     metrics=context.metrics, trace=trace)
                 backend = None
             else:
                 backend, end = await race(
                     plan, reservation, attempt, delay,
                     partial(reserve, routes, rng=context.rng, queue_timeout=0.0,
                             strategy=context.model.strategy),
-                    context.metrics, partial(_attempt, channel=channel, metrics=context.metrics))
+                    context.metrics,
+                    partial(_attempt, channel=channel, metrics=context.metrics, trace=trace))
         if refused_prefill(attempt.request, None if end is None else end.error):
             _refused_prefill(route, context, trio.current_time())
         after = plan.ended(end, trio.current_time(), backend=backend)
@@ -196,16 +203,19 @@ AUTO_HEDGE_MIN_SAMPLES = 10
 async def _attempt(reservation: Reservation, attempt: Attempt,
                    on_commit: Callable[[], None] | None, *,
                    channel: trio.MemorySendChannel[ChannelItem],
-                   metrics: Metrics) -> StreamEnd | None:
-    """One upstream request, accounted to its backend's breaker and metrics.
+                   metrics: Metrics, trace: StreamTrace) -> StreamEnd | None:
+    """One upstream request, accounted to its backend's breaker and metrics, and traced.
 
     ``on_commit`` is called when the attempt commits (a hedge race's winner).
-    An attempt cancelled (the client left, it lost a race) records nothing.
+    An attempt cancelled (the client left, it lost a race) records nothing
+    but its span, which ends here whatever ends the attempt.
     """
     route = reservation.route
     outcome: Outcome = "cancelled"
+    error: SluiceError | None = None
+    span = trace.attempt(route, attempt)
     try:
-        end = await _relay(route, attempt, channel, on_commit)
+        end = await _relay(route, attempt, channel, on_commit, span.upstream_headers())
         error = None if end is None else end.error
         outcome = attempt_outcome(error)
         change = reservation.record(error, trio.current_time())
@@ -217,16 +227,18 @@ async def _attempt(reservation: Reservation, attempt: Attempt,
         return end
     finally:
         metrics.upstream_requests.labels(route.name, outcome).inc()
+        span.end(attempt, outcome, error)
 
 
 async def _relay(route: Route, attempt: Attempt, channel: trio.MemorySendChannel[ChannelItem],
-                 on_commit: Callable[[], None] | None) -> StreamEnd | None:
+                 on_commit: Callable[[], None] | None,
+                 headers: Mapping[str, str]) -> StreamEnd | None:
     """Relay one upstream stream; return how it ended, or None if the clean end was sent."""
     timer = trio.CancelScope(deadline=attempt.deadline)
     committed = False
     try:
         with timer:
-            async with route.backend.open_stream(attempt.request) as payloads:
+            async with route.backend.open_stream(attempt.request, headers) as payloads:
                 async for payload in payloads:
                     action = attempt.feed(payload, trio.current_time())
                     if action.rearms:

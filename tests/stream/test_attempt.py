@@ -294,3 +294,38 @@ def test_the_first_attempts_usage_is_relayed_untouched() -> None:
     _, sent = feed(attempt(progress), ROLE, text("a"), FINISH, USAGE)
     assert sent[-1] is USAGE
     assert (progress.prompt_tokens, progress.completion_tokens) == (12, 5)
+
+
+# ------------------------------------------------------------- what its span reports
+
+
+def test_the_attempt_notes_what_its_upstream_said_for_its_span() -> None:
+    progress = StreamProgress()
+    machine = attempt(progress)
+    assert machine.first_content_at is None and machine.response_model is None
+    feed(machine, ROLE, at=STARTED + 1)
+    assert machine.first_content_at is None  # a preamble is not content
+    feed(machine, text("a"), at=STARTED + 2)
+    feed(machine, text("b"), FINISH, USAGE, DONE, at=STARTED + 3)
+    assert machine.first_content_at == STARTED + 2
+    assert machine.response_model == "m"
+    assert machine.finish_reasons == ("stop",)
+    assert machine.usage == {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+
+
+def test_a_continuations_span_gets_its_upstreams_own_usage_and_its_own_first_content() -> None:
+    progress = StreamProgress(first_content_at=1.0, content_chunks=4, prefill_chunks=4)
+    progress.attempts = 2
+    machine = attempt(progress, continuing=True)
+    feed(machine, ROLE, text("a"), FINISH, USAGE, DONE, at=STARTED + 5)
+    assert machine.number == 2
+    assert machine.first_content_at == STARTED + 5  # the stream's commit was long before
+    assert machine.usage is not None and machine.usage["completion_tokens"] == 5  # not 9
+
+
+def test_the_finish_reasons_of_each_finishing_chunk_are_kept() -> None:
+    machine = attempt()
+    two = chunk_bytes(completion_id="c", created=0, model="m", delta={"content": "x"},
+                      finish_reason="length")
+    feed(machine, text("a"), two, FINISH)
+    assert machine.finish_reasons == ("length", "stop")
