@@ -27,6 +27,7 @@ from server.stream.outcome import OUTCOMES  # the ways a stream can end, each la
 
 if TYPE_CHECKING:
     from server.limits.admission import Slots
+    from server.limits.overload import LagGuard
     from server.limits.routing import Route
     from server.serving.lifecycle import Lifecycle
 
@@ -115,6 +116,7 @@ class Metrics:
             "Input and output tokens per request, as the upstream reported them (GenAI semconv).",
             (*_GENAI_LABELS, "gen_ai_token_type"), buckets=_GENAI_TOKEN_BUCKETS, registry=r)
         self._genai_children: dict[tuple[str, ...], tuple[Histogram, ...]] = {}
+        self._overload: _Overload | None = None
 
     def record_genai(self, record: StreamRecord, routes: Iterable[Route]) -> None:
         """The GenAI-convention histograms of one finished stream.
@@ -166,6 +168,13 @@ class Metrics:
               lifecycle: Lifecycle) -> None:
         """Export live stream, backend and admission state, read at scrape time."""
         self.registry.register(_LiveState(routes, slots, lifecycle))
+
+    def watch_overload(self, guard: LagGuard) -> None:
+        """Export the event loop's lag and the overload refusals, read at scrape time."""
+        if self._overload is None:
+            self._overload = _Overload()
+            self.registry.register(self._overload)
+        self._overload.guard = guard  # a new serving lifetime: its own guard
 
     def render(self) -> bytes:
         return generate_latest(_WithoutCreated(self.registry))
@@ -223,3 +232,25 @@ class _LiveState(Collector):
         yield GaugeMetricFamily("sluice_admission_waiting",
                                 "Requests waiting for an admission slot.",
                                 value=self._slots.waiting)
+
+
+class _Overload(Collector):
+    """The overload guard's state (`server.limits.overload`): kept by the guard as plain
+    numbers, so neither a lag sample nor a refusal touches a metric's lock."""
+
+    def __init__(self) -> None:
+        self.guard: LagGuard | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        guard = self.guard
+        if guard is None:
+            return
+        yield GaugeMetricFamily("sluice_event_loop_lag_seconds",
+                                "How late the worker's event loop runs a task that is due "
+                                "(smoothed over the last samples).", value=guard.lag)
+        yield GaugeMetricFamily("sluice_overload_shedding",
+                                "1 while new streams are refused because the loop is behind.",
+                                value=int(guard.shedding))
+        yield CounterMetricFamily("sluice_overload_refusals",
+                                  "New streams refused (503 gateway_overloaded) because the "
+                                  "event loop was behind.", value=guard.refusals)

@@ -1,0 +1,99 @@
+"""End-to-end: a worker whose event loop falls behind refuses new streams at once, keeps
+its admitted ones going, and takes new streams again once it has caught up.
+
+How the loop is made late, honestly: a task of the serving process that
+holds the loop — `time.sleep` between checkpoints, as CPU-bound work or a
+blocking call would — runs beside Sluice in the same trio loop (Sluice runs
+in the test's process here, under hypercorn on loopback). Nothing of
+Sluice's is replaced or told: its own monitor measures the lag, its own
+guard decides, and the refusal goes out through its real ASGI app.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import httpx
+import trio
+import trio.lowlevel
+
+from server.config import OverloadSettings
+from server.testing.fake_upstream import FakeUpstream, Scenario
+from tests.conftest import PROMPTLY, chat_body, running_sluice, settings_for
+
+URL = "/v1/chat/completions"
+# Shed above 50 ms of smoothed lag; take streams again once under 20 ms for 0.3 s.
+OVERLOAD = OverloadSettings(lag_threshold=0.05, lag_clear=0.02, hold=0.3, retry_after=2.0)
+# How long the busy task holds the loop each time: twice the threshold.
+HOLD_LOOP = 0.1
+# The admitted stream: 4 s of chunks at 20 per second, longer than the overload lasts.
+ADMITTED = Scenario(tokens=80, tps=20)
+
+
+async def hold_the_loop(stop: trio.Event) -> None:
+    """A busy neighbour in the serving process: blocks the loop, yields, blocks again."""
+    while not stop.is_set():
+        time.sleep(HOLD_LOOP)  # noqa: ASYNC251  (blocking the loop is the point)
+        await trio.lowlevel.checkpoint()
+
+
+async def test_new_streams_are_refused_while_the_loop_is_behind_and_admitted_ones_go_on(
+        nursery: trio.Nursery) -> None:
+    upstream = FakeUpstream(ADMITTED)
+    await nursery.start(upstream.serve, 0)
+    settings = replace(settings_for(upstream.base_url), overload=OVERLOAD)
+    async with running_sluice(settings, overload=True) as sluice, \
+            httpx.AsyncClient(base_url=sluice.base_url, timeout=30.0) as client:
+        stop = trio.Event()
+        admitted: list[str] = []
+        during: list[int] = []  # chunks the admitted stream had when shedding began, and ended
+
+        async def admitted_stream() -> None:
+            async with client.stream("POST", URL, json=chat_body()) as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line:
+                        admitted.append(line)
+
+        async with trio.open_nursery() as streams:
+            streams.start_soon(admitted_stream)
+            with trio.fail_after(PROMPTLY):
+                await upstream.wait_for_request(1)
+            assert sluice.sample("sluice_overload_shedding") == 0.0
+            streams.start_soon(hold_the_loop, stop)
+            with trio.fail_after(PROMPTLY):
+                while not sluice.sample("sluice_overload_shedding"):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            assert sluice.sample("sluice_event_loop_lag_seconds") > OVERLOAD.lag_threshold
+            during.append(len(admitted))
+
+            # A new stream: refused at once with a retryable, OpenAI-shaped 503...
+            refused = await client.post(URL, json=chat_body())
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "2"
+            error = refused.json()["error"]
+            assert (error["type"], error["code"]) == ("service_unavailable",
+                                                      "gateway_overloaded")
+            assert error["error_id"].startswith("err_")
+            # ...that never reached the upstream: one request so far, the admitted one.
+            assert len(upstream.requests) == 1
+            # Health, readiness, metrics and the model list answer as usual; a non-streaming
+            # chat request is new work like any other.
+            for path in ("/healthz", "/readyz", "/metrics", "/v1/models"):
+                assert (await client.get(path)).status_code == 200
+            assert (await client.post(URL, json=chat_body(stream=False))).status_code == 503
+            assert sluice.sample("sluice_overload_refusals_total") == 2.0
+
+            await trio.sleep(0.5)  # the admitted stream goes on while new ones are refused
+            during.append(len(admitted))
+            stop.set()
+            with trio.fail_after(PROMPTLY):  # the lag clears, held for 0.3 s: streams again
+                while sluice.sample("sluice_overload_shedding"):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            recovered = await client.post(URL, json=chat_body(max_tokens=3))
+            assert recovered.status_code == 200
+            assert recovered.text.rstrip().endswith("data: [DONE]")
+        assert during[1] > during[0], "the admitted stream stopped while the loop was behind"
+        assert admitted[-1] == "data: [DONE]"  # it finished, whole
+        assert sluice.sample("sluice_overload_refusals_total") == 2.0
