@@ -152,9 +152,9 @@ class OverloadSettings:
     """
 
     enabled: bool = True
-    lag_threshold: float = 0.1  # smoothed event-loop lag above this: refuse new streams
-    lag_clear: float = 0.03  # ...until it stays below this
-    hold: float = 2.0  # ...for this long
+    lag_threshold: float = 0.02  # smoothed event-loop lag above this: refuse new streams
+    lag_clear: float = 0.01  # ...until it stays below this
+    hold: float = 1.0  # ...for this long
     retry_after: float = 1.0  # the Retry-After a refused client is given
     interval: float = 0.01  # how often the loop's lag is sampled
 

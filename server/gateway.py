@@ -135,7 +135,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         await app.nursery.start(background.serve)
         if settings.overload.enabled:  # the loop's lag, sampled while serving
             guard = LagGuard(settings.overload)
-            lifetime.callback((await app.nursery.start(guard.serve)).cancel)
+            monitor = await app.nursery.start(guard.serve, metrics.event_loop_lag.observe)
+            lifetime.callback(monitor.cancel)
             metrics.watch_overload(guard)
             app.overload = guard
         if gateway.tenancy is not None:  # API keys: their store (Redis: one client per worker)

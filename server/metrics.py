@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 # Streams run from milliseconds (errors) to many minutes (long generations).
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _FIRST_CHUNK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# The event loop's lag: the overload threshold is tens of milliseconds.
+_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
+                1.0, 2.0)
 _CHUNK_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 # The GenAI conventions' own bucket bounds ("SHOULD be specified with ExplicitBucketBoundaries").
 _GENAI_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -117,6 +120,10 @@ class Metrics:
             (*_GENAI_LABELS, "gen_ai_token_type"), buckets=_GENAI_TOKEN_BUCKETS, registry=r)
         self._genai_children: dict[tuple[str, ...], tuple[Histogram, ...]] = {}
         self._overload: _Overload | None = None
+        self.event_loop_lag = Histogram(
+            "sluice_event_loop_lag_samples_seconds",
+            "How late the worker's event loop woke a task that was due: every sample of the "
+            "overload guard ([overload] enabled).", buckets=_LAG_BUCKETS, registry=r)
 
     def record_genai(self, record: StreamRecord, routes: Iterable[Route]) -> None:
         """The GenAI-convention histograms of one finished stream.

@@ -40,6 +40,7 @@ readiness and metrics are never refused.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 from hypercorn.typing import ASGISendCallable, HTTPScope
@@ -86,13 +87,13 @@ class LagGuard:
                 self._clear_since = None
         return self.shedding
 
-    async def serve(self, *,
+    async def serve(self, record: Callable[[float], object] | None = None, *,
                     task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
                     ) -> None:
         """Sample the loop's lag every ``interval`` and `observe` it; log each change of state.
 
         Started with ``await nursery.start(guard.serve)``, it reports the cancel scope
-        that stops it.
+        that stops it. ``record`` is given each raw sample (a histogram's ``observe``).
         """
         interval = self.settings.interval
         with trio.CancelScope() as scope:
@@ -102,7 +103,10 @@ class LagGuard:
                 asleep = trio.current_time()
                 await trio.sleep(interval)
                 now = trio.current_time()
-                if self.observe(max(0.0, now - asleep - interval), now) != shedding:
+                lag = max(0.0, now - asleep - interval)
+                if record is not None:
+                    record(lag)
+                if self.observe(lag, now) != shedding:
                     shedding = self.shedding
                     self._log_change()
 
