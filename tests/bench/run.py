@@ -49,9 +49,11 @@ from tests.bench.scenarios import BenchScenario, select
 from tests.bench.variants import VARIANTS, known
 
 LOADGEN_SLACK = 90.0  # seconds beyond a run's planned length before the load process is killed
-# The overload scenario's capacity probe: this many paced streams, measured for this long.
-PROBE_STREAMS = 200
+# The overload scenario's capacity probe: this many paced streams (more than a worker
+# relays), measured for this long; a worker using this share of a core is saturated.
+PROBE_STREAMS = 400
 PROBE_SECONDS = 4.0
+SATURATED = 0.9
 # Sluice with shedding off but its loop lag still measured (a threshold never reached).
 NOSHED_CONFIG = "\n[overload]\nlag_threshold_ms = 1000000000\n"
 
@@ -201,21 +203,24 @@ def run_loadgen(spec: LoadSpec, limit: float) -> dict[str, Any]:
 
 def measure_capacity(scenario: BenchScenario, sluice: Proc, upstream_pid: int,
                      driver: str) -> float:
-    """How many of `scenario`'s paced streams one Sluice worker relays with a whole core.
+    """How many of `scenario`'s paced streams one Sluice worker relays, at most.
 
-    `PROBE_STREAMS` streams (well under capacity) run for `PROBE_SECONDS`; chunks
-    delivered per second of the worker's CPU, divided by the streams' token rate, is the
-    number of streams one fully busy core would carry at that cost per chunk.
+    `PROBE_STREAMS` streams — about what a worker carries on a quiet core (the journal's
+    scaling run: 400 streams used a whole core) — run for `PROBE_SECONDS`; the chunks it
+    delivers per second, divided by the streams' token rate, is its capacity.
+    (Extrapolating from a lighter load's CPU per chunk undercounts it: a loop that falls
+    behind batches its writes, and each chunk gets cheaper.) Should the worker not
+    saturate (less than `SATURATED` of a core), its rate is scaled to a whole core.
     """
     spec = LoadSpec(port=sluice.port, driver=driver, streams=PROBE_STREAMS,
-                    tokens=scenario.load["tokens"], ramp=1.0, warm=1.0,
+                    tokens=scenario.load["tokens"], ramp=2.0, warm=2.0,
                     duration=PROBE_SECONDS, latency=False,
                     monitor={"upstream": upstream_pid, "relay": sluice.worker})
     raw = run_loadgen(spec, spec.ramp + spec.warm + spec.duration + LOADGEN_SLACK)
     cpu = float(raw["monitored"]["relay"]["cpu_s"]) / max(float(raw["window_s"]), 1e-9)
     if cpu <= 0 or not raw["chunks_per_s"]:
         raise RuntimeError(f"the capacity probe measured nothing: {raw['errors']}")
-    return float(raw["chunks_per_s"]) / cpu / float(scenario.tps)
+    return float(raw["chunks_per_s"]) / min(1.0, cpu / SATURATED) / float(scenario.tps)
 
 
 def run_loadgen_scraping_lag(spec: LoadSpec, limit: float, port: int) -> dict[str, Any]:
