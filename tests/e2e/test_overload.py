@@ -11,16 +11,20 @@ guard decides, and the refusal goes out through its real ASGI app.
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
+import pytest
 import trio
 import trio.lowlevel
 
 from server.config import OverloadSettings
 from server.testing.fake_upstream import FakeUpstream, Scenario
 from tests.conftest import PROMPTLY, chat_body, running_sluice, settings_for
+from tests.e2e.test_lifecycle import BOTH, START_BOUND, launched, write_config
 
 URL = "/v1/chat/completions"
 # Shed above 50 ms of smoothed lag; take streams again once under 20 ms for 0.3 s.
@@ -97,3 +101,27 @@ async def test_new_streams_are_refused_while_the_loop_is_behind_and_admitted_one
         assert during[1] > during[0], "the admitted stream stopped while the loop was behind"
         assert admitted[-1] == "data: [DONE]"  # it finished, whole
         assert sluice.sample("sluice_overload_refusals_total") == 2.0
+
+
+@pytest.mark.parametrize("launcher", BOTH)
+async def test_the_guard_runs_in_the_app_under_every_launcher_and_ends_with_it(
+        launcher: str, upstream: FakeUpstream, tmp_path: Path) -> None:
+    """Plain hypercorn and `sluice serve` alike: the lag is sampled while serving (the
+    app's lifespan starts the guard), and the guard does not hold up the exit."""
+    async with launched(launcher, write_config(tmp_path, upstream)) as sluice, \
+            httpx.AsyncClient(base_url=sluice.base_url, timeout=PROMPTLY) as client:
+
+        async def samples() -> float:
+            for line in (await client.get("/metrics")).text.splitlines():
+                if line.startswith("sluice_event_loop_lag_samples_seconds_count "):
+                    return float(line.split()[1])
+            return 0.0
+
+        first = await samples()
+        with trio.fail_after(PROMPTLY):
+            while await samples() <= first:  # noqa: ASYNC110  (another process's metric)
+                await trio.sleep(0.05)
+        assert "sluice_overload_shedding 0.0" in (await client.get("/metrics")).text
+        sluice.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(START_BOUND):
+            assert await sluice.process.wait() == 0
