@@ -96,7 +96,7 @@ class SluiceApp(QuartTrio):
         guard = self.overload
         if guard is not None and guard.shedding and scope["type"] == "http" \
                 and is_new_work(scope):
-            await refuse(guard, send)
+            await refuse(guard, receive, send)
             return
         await self.asgi_app(scope, receive, send)
 

@@ -31,6 +31,8 @@ URL = "/v1/chat/completions"
 OVERLOAD = OverloadSettings(lag_threshold=0.05, lag_clear=0.02, hold=0.3, retry_after=2.0)
 # How long the busy task holds the loop each time: twice the threshold.
 HOLD_LOOP = 0.1
+# How long after its headers a request's body comes: longer than the loop is held.
+BODY_LATE = 0.3
 # The admitted stream: 4 s of chunks at 20 per second, longer than the overload lasts.
 ADMITTED = Scenario(tokens=80, tps=20)
 
@@ -40,6 +42,42 @@ async def hold_the_loop(stop: trio.Event) -> None:
     while not stop.is_set():
         time.sleep(HOLD_LOOP)  # noqa: ASYNC251  (blocking the loop is the point)
         await trio.lowlevel.checkpoint()
+
+
+async def refused_then_reused(base_url: str) -> tuple[int, int]:
+    """On one raw connection: a chat request whose body comes `BODY_LATE` after its headers, then
+    ``GET /healthz``; the two statuses (a closed connection fails the test)."""
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    body = b'{"model": "fake-model", "stream": true, "messages": []}'
+    statuses = []
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        await stream.send_all(b"POST " + URL.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Type: application/json\r\n"
+                              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        await trio.sleep(BODY_LATE)
+        await stream.send_all(body)
+        with trio.fail_after(PROMPTLY):
+            statuses.append(await read_response_status(stream))
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            statuses.append(await read_response_status(stream))
+    return statuses[0], statuses[1]
+
+
+async def read_response_status(stream: trio.SocketStream) -> int:
+    """Read one response with a Content-Length body; its status."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await stream.receive_some()
+        assert chunk, "the server closed the connection"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                  if line.startswith(b"content-length:"))
+    while len(rest) < length:
+        chunk = await stream.receive_some()
+        assert chunk, "the server closed the connection"
+        rest += chunk
+    return int(head.split(b" ")[1])
 
 
 async def test_new_streams_are_refused_while_the_loop_is_behind_and_admitted_ones_go_on(
@@ -82,12 +120,15 @@ async def test_new_streams_are_refused_while_the_loop_is_behind_and_admitted_one
             assert error["error_id"].startswith("err_")
             # ...that never reached the upstream: one request so far, the admitted one.
             assert len(upstream.requests) == 1
+            # A client whose body comes after its headers keeps its connection: the
+            # refusal reads the body first (hypercorn recycles only a request read whole).
+            assert await refused_then_reused(sluice.base_url) == (503, 200)
             # Health, readiness, metrics and the model list answer as usual; a non-streaming
             # chat request is new work like any other.
             for path in ("/healthz", "/readyz", "/metrics", "/v1/models"):
                 assert (await client.get(path)).status_code == 200
             assert (await client.post(URL, json=chat_body(stream=False))).status_code == 503
-            assert sluice.sample("sluice_overload_refusals_total") == 2.0
+            assert sluice.sample("sluice_overload_refusals_total") == 3.0
 
             await trio.sleep(0.5)  # the admitted stream goes on while new ones are refused
             during.append(len(admitted))
@@ -100,7 +141,7 @@ async def test_new_streams_are_refused_while_the_loop_is_behind_and_admitted_one
             assert recovered.text.rstrip().endswith("data: [DONE]")
         assert during[1] > during[0], "the admitted stream stopped while the loop was behind"
         assert admitted[-1] == "data: [DONE]"  # it finished, whole
-        assert sluice.sample("sluice_overload_refusals_total") == 2.0
+        assert sluice.sample("sluice_overload_refusals_total") == 3.0
 
 
 @pytest.mark.parametrize("launcher", BOTH)
