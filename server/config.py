@@ -148,6 +148,21 @@ class AdmissionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OverloadSettings:
+    """``[overload]``: when a worker stops taking new streams (`server.limits.overload`).
+
+    Seconds here; the TOML keys say their unit (``lag_threshold_ms``, ``hold_s``).
+    """
+
+    enabled: bool = True
+    lag_threshold: float = 0.02  # smoothed event-loop lag above this: refuse new streams
+    lag_clear: float = 0.01  # ...until it stays below this
+    hold: float = 1.0  # ...for this long
+    retry_after: float = 1.0  # the Retry-After a refused client is given
+    interval: float = 0.01  # how often the loop's lag is sampled
+
+
+@dataclass(frozen=True, slots=True)
 class CorsSettings:
     """Which other origins' pages may call ``/v1/*`` and ``/chat`` from a browser."""
 
@@ -219,6 +234,7 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    overload: OverloadSettings = field(default_factory=OverloadSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
     chat: ChatApiSettings = field(default_factory=ChatApiSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
@@ -264,6 +280,7 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
     retry = _retry(table.table("retry"))
     breaker = _breaker(table.table("breaker"))
     admission = _admission(table.table("admission"))
+    overload = _overload(table.table("overload"))
     cors = _cors(table.table("cors"))
     chat_table = table.table("chat")  # read once the backends are known
     logging = _logging(table.table("logging"))
@@ -285,7 +302,7 @@ def parse_settings(document: Mapping[str, Any]) -> Settings:
         if name in names[:i]:
             raise ConfigError(f"{backend_path(name)}: two backends have this name")
     return Settings(backends=backends, server=server, timeouts=timeouts, retry=retry,
-                    breaker=breaker, admission=admission, cors=cors,
+                    breaker=breaker, admission=admission, overload=overload, cors=cors,
                     chat=_chat(chat_table, backends), logging=logging,
                     resume=resume, telemetry=telemetry, state=state, auth=auth,
                     models=_models(models_table, backends))
@@ -374,6 +391,24 @@ def _admission(table: _Table) -> AdmissionSettings:
         if getattr(settings, key) > settings.max_streams:
             raise ConfigError(f"{table.path}.{key}: larger than max_streams "
                               f"({settings.max_streams}): no request could ever start")
+    table.finish()
+    return settings
+
+
+def _overload(table: _Table) -> OverloadSettings:
+    d = OverloadSettings()
+    ms = 1000.0
+    settings = OverloadSettings(
+        enabled=table.take("enabled", bool, d.enabled),
+        lag_threshold=table.number("lag_threshold_ms", d.lag_threshold * ms) / ms,
+        lag_clear=table.number("lag_clear_ms", d.lag_clear * ms, allow_zero=True) / ms,
+        hold=table.number("hold_s", d.hold, allow_zero=True),
+        retry_after=table.number("retry_after_s", d.retry_after, allow_zero=True),
+        interval=table.number("sample_interval_ms", d.interval * ms) / ms,
+    )
+    if settings.lag_clear >= settings.lag_threshold:
+        raise ConfigError(f"{table.path}.lag_clear_ms: must be below lag_threshold_ms "
+                          f"({settings.lag_threshold * ms:g}), or shedding could never end")
     table.finish()
     return settings
 

@@ -19,6 +19,7 @@ JSON a client sees; nothing else in the gateway builds error bodies.
     ├── NoBackendAvailable           503  all backends failed this request, or saturated
     ├── TooManyRequests              429  the gateway is full, or the client's rate limit
     ├── ShuttingDown                 503  the worker is draining; retry elsewhere
+    ├── Overloaded                   503  the worker's event loop is behind; retry elsewhere
     ├── StreamCancelled                   a detached stream stopped on purpose (in-band only)
     ├── ProducerLost                 502  the instance producing a shared stream is gone
     ├── Unauthorized                 401  no API key, or not a valid one
@@ -195,6 +196,19 @@ class ShuttingDown(SluiceError):
     def __init__(self) -> None:
         super().__init__("The server is shutting down; retry the request.")
         self.retry_after = 1.0
+
+
+class Overloaded(SluiceError):
+    """The worker refuses new streams while its event loop is behind (`server.limits.overload`)."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "gateway_overloaded"
+    retryable = True
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("The gateway is overloaded; retry the request shortly.")
+        self.retry_after = retry_after
 
 
 class ProducerLost(SluiceError):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -63,6 +64,7 @@ from server.keys.admin_api import register_admin_api
 from server.keys.gate import Gate, GateKeeper
 from server.keys.metrics import TenancyMetrics
 from server.limits.admission import Slots
+from server.limits.overload import LagGuard, is_new_work, refuse
 from server.limits.rate_limit import MemoryRateLimiter, RateLimiter
 from server.limits.routing import Route, candidates, make_routes
 from server.metrics import Metrics
@@ -87,6 +89,18 @@ class SluiceApp(QuartTrio):
     asgi_http_class = SluiceHTTPConnection
     # Read by the TCP server for each accepted connection (server.serving.tcp_server).
     send_stall_timeout: float | None = None
+    # Set while serving when [overload] is enabled: new streams are refused while it sheds.
+    overload: LagGuard | None = None
+
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable,
+                       send: ASGISendCallable) -> None:
+        """Refuse new streams while the loop is behind, before Quart makes anything of them."""
+        guard = self.overload
+        if guard is not None and guard.shedding and scope["type"] == "http" \
+                and is_new_work(scope):
+            await refuse(guard, receive, send)
+            return
+        await self.asgi_app(scope, receive, send)
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *,
@@ -126,6 +140,12 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *,
         backends = await lifetime.enter_async_context(open_backends(settings, environ))
         gateway.routes = make_routes(backends, settings.breaker, settings.retry)
         await app.nursery.start(background.serve)
+        if settings.overload.enabled:  # the loop's lag, sampled while serving
+            guard = LagGuard(settings.overload)
+            monitor = await app.nursery.start(guard.serve, metrics.event_loop_lag.observe)
+            lifetime.callback(monitor.cancel)
+            metrics.watch_overload(guard)
+            app.overload = guard
         if gateway.tenancy is not None:  # API keys: their store (Redis: one client per worker)
             keeper = GateKeeper(settings.auth, settings.state, gateway.tenancy)
             await app.nursery.start(keeper.serve)  # quart-trio's lifespan nursery
@@ -137,6 +157,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *,
         await background.stop()  # detached streams end before the backends they use close
         gateway.routes = ()
         gateway.gate = None
+        app.overload = None
         await lifetime.aclose()
         await tracer.aclose()  # the last spans exported (bounded)
 

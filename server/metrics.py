@@ -27,12 +27,16 @@ from server.stream.outcome import OUTCOMES  # the ways a stream can end, each la
 
 if TYPE_CHECKING:
     from server.limits.admission import Slots
+    from server.limits.overload import LagGuard
     from server.limits.routing import Route
     from server.serving.lifecycle import Lifecycle
 
 # Streams run from milliseconds (errors) to many minutes (long generations).
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _FIRST_CHUNK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# The event loop's lag: the overload threshold is tens of milliseconds.
+_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
+                1.0, 2.0)
 _CHUNK_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 # The GenAI conventions' own bucket bounds ("SHOULD be specified with ExplicitBucketBoundaries").
 _GENAI_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -115,6 +119,11 @@ class Metrics:
             "Input and output tokens per request, as the upstream reported them (GenAI semconv).",
             (*_GENAI_LABELS, "gen_ai_token_type"), buckets=_GENAI_TOKEN_BUCKETS, registry=r)
         self._genai_children: dict[tuple[str, ...], tuple[Histogram, ...]] = {}
+        self._overload: _Overload | None = None
+        self.event_loop_lag = Histogram(
+            "sluice_event_loop_lag_samples_seconds",
+            "How late the worker's event loop woke a task that was due: every sample of the "
+            "overload guard ([overload] enabled).", buckets=_LAG_BUCKETS, registry=r)
 
     def record_genai(self, record: StreamRecord, routes: Iterable[Route]) -> None:
         """The GenAI-convention histograms of one finished stream.
@@ -166,6 +175,13 @@ class Metrics:
               lifecycle: Lifecycle) -> None:
         """Export live stream, backend and admission state, read at scrape time."""
         self.registry.register(_LiveState(routes, slots, lifecycle))
+
+    def watch_overload(self, guard: LagGuard) -> None:
+        """Export the event loop's lag and the overload refusals, read at scrape time."""
+        if self._overload is None:
+            self._overload = _Overload()
+            self.registry.register(self._overload)
+        self._overload.guard = guard  # a new serving lifetime: its own guard
 
     def render(self) -> bytes:
         return generate_latest(_WithoutCreated(self.registry))
@@ -223,3 +239,25 @@ class _LiveState(Collector):
         yield GaugeMetricFamily("sluice_admission_waiting",
                                 "Requests waiting for an admission slot.",
                                 value=self._slots.waiting)
+
+
+class _Overload(Collector):
+    """The overload guard's state (`server.limits.overload`): kept by the guard as plain
+    numbers, so neither a lag sample nor a refusal touches a metric's lock."""
+
+    def __init__(self) -> None:
+        self.guard: LagGuard | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        guard = self.guard
+        if guard is None:
+            return
+        yield GaugeMetricFamily("sluice_event_loop_lag_seconds",
+                                "How late the worker's event loop runs a task that is due "
+                                "(smoothed over the last samples).", value=guard.lag)
+        yield GaugeMetricFamily("sluice_overload_shedding",
+                                "1 while new streams are refused because the loop is behind.",
+                                value=int(guard.shedding))
+        yield CounterMetricFamily("sluice_overload_refusals",
+                                  "New streams refused (503 gateway_overloaded) because the "
+                                  "event loop was behind.", value=guard.refusals)

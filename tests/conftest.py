@@ -11,13 +11,18 @@ Rules:
   upstream closes within `CLOSE_BOUND`, a chunk is not held back).
 - Cleanup is proven: disconnect tests assert the upstream saw its
   connection close and the gauges came back to zero.
+- In-process Sluice (`running_sluice`) runs without the overload guard
+  unless a test asks for it (``overload=True``): its event loop is the
+  test's, shared with the clients and the fake upstream on a machine the
+  suite shares, so its lag is the test's, not a server's. Sluice started as
+  a process (`tests.e2e.sluice_process`) keeps the default, on.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -91,11 +96,14 @@ def settings_for(upstream_url: str, kind: str = "openai", **overrides: Any) -> S
 async def running_sluice(
     settings: Settings, environ: dict[str, str] | None = None, bind: str = "127.0.0.1:0",
     keep_alive_timeout: float | None = None, span_processor: SpanProcessor | None = None,
+    overload: bool = False,
 ) -> AsyncIterator[RunningSluice]:
     """Sluice under hypercorn on a free loopback port, shut down gracefully on exit.
 
     ``span_processor`` receives the spans (when the settings turn traces on).
     """
+    if not overload:  # (the suite's rules, above)
+        settings = replace(settings, overload=replace(settings.overload, enabled=False))
     app = create_app(settings, environ=environ or {}, span_processor=span_processor)
     config = hypercorn_config(bind)
     if keep_alive_timeout is not None:

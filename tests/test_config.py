@@ -474,3 +474,33 @@ def test_redis_url_must_be_a_redis_url() -> None:
         "redis_url": "redis://10.0.0.9:6379/2"}}).resume.redis_url == "redis://10.0.0.9:6379/2"
     assert config_error({"backends": [OPENAI], "resume": {"redis_url": "10.0.0.9:6379"}}) == \
         "resume.redis_url: expected a redis://, rediss:// or unix:// URL, got '10.0.0.9:6379'"
+
+
+# ------------------------------------------------------------------ [overload]
+
+
+def test_overload_keys_say_their_units() -> None:
+    settings = parse_settings({**with_simulated(), "overload": {
+        "enabled": False, "lag_threshold_ms": 80, "lag_clear_ms": 0, "hold_s": 0,
+        "retry_after_s": 2.5, "sample_interval_ms": 20}})
+    overload = settings.overload
+    assert not overload.enabled
+    assert overload.lag_threshold == pytest.approx(0.08)
+    assert (overload.lag_clear, overload.hold, overload.retry_after) == (0.0, 0.0, 2.5)
+    assert overload.interval == pytest.approx(0.02)
+    assert parse_settings(with_simulated()).overload.enabled  # on unless told
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"lag_threshold_ms": 20, "lag_clear_ms": 20},
+     "overload.lag_clear_ms: must be below lag_threshold_ms (20), or shedding could never end"),
+    ({"lag_clear_ms": 25}, "overload.lag_clear_ms: must be below lag_threshold_ms (20), "
+                            "or shedding could never end"),
+    ({"lag_threshold_ms": 0}, "overload.lag_threshold_ms: must be > 0, got 0"),
+    ({"sample_interval_ms": -1}, "overload.sample_interval_ms: must be > 0, got -1"),
+    ({"hold_s": math.nan}, "overload.hold_s: must be ≥ 0, got nan"),
+    ({"enabled": 1}, "overload.enabled: expected bool, got 1"),
+    ({"lag_threshold": 50}, "overload.lag_threshold: unknown setting"),
+])
+def test_bad_overload_settings(table: dict[str, Any], message: str) -> None:
+    assert config_error({**with_simulated(), "overload": table}) == message

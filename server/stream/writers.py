@@ -89,7 +89,9 @@ async def receive_batch(
             return payloads, item
         try:
             item = items.receive_nowait()
-        except trio.WouldBlock:
+        except (trio.WouldBlock, trio.EndOfChannel):
+            # EndOfChannel: the pump was cancelled (the client left) after this batch's
+            # first item; the writer's next wait delivers that cancel.
             return payloads, None
 
 

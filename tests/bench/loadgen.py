@@ -46,6 +46,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -86,6 +87,10 @@ class LoadSpec:
     """PIDs sent SIGUSR1 at the window's start and end (the gc-stats variant dumps on it)."""
     api_key: str = ""
     """Sent as ``Authorization: Bearer`` (the sluice-keys target)."""
+    refused_retry_delay: float = RETRY_DELAY
+    """After a 503 (a refusal), wait this long before the stream's next request, on the
+    same connection when the server keeps it: the Retry-After a polite client honours
+    (epoll driver; the others reconnect after 0.1 s)."""
 
     @classmethod
     def from_json(cls, text: str) -> LoadSpec:
@@ -110,7 +115,14 @@ class LoadResult:
     chunks_window: int
     chunks_per_s: float
     ttfb_ms: dict[str, float]
+    """Time to the first byte of requests not refused."""
     ttfb_censored: int
+    refused: int
+    """Requests answered 503 (refused: overload, draining), from the start of the run."""
+    admitted: int
+    """Requests answered with any other status, from the start of the run."""
+    refusal_ms: dict[str, float]
+    """Time to the first byte of the refused requests."""
     latency_ms: dict[str, float]
     live_max: int
     cut_at_end: int
@@ -153,6 +165,7 @@ class _Phase:
     latency: bool
     tally: Tally
     api_key: str = ""
+    refused_retry_delay: float = RETRY_DELAY
     request: bytes = b""
     stopping: bool = False
     started: int = 0
@@ -164,6 +177,8 @@ class _Phase:
     censored: int = 0
     finished: int = 0
     ttfb: list[float] = field(default_factory=list)
+    refusals: list[float] = field(default_factory=list)
+    admitted: int = 0
 
     def __post_init__(self) -> None:
         self.request = chat_request(self.host, self.port, self.tokens, self.api_key)
@@ -179,7 +194,8 @@ class _Phase:
 class _Flow:
     """One stream's requests and responses, whatever the driver; drivers do the I/O."""
 
-    __slots__ = ("in_response", "phase", "reader", "remaining", "sent_at", "waiting_first")
+    __slots__ = ("in_response", "phase", "reader", "refused", "remaining", "sent_at",
+                 "waiting_first")
 
     def __init__(self, phase: _Phase, remaining: int | None) -> None:
         self.phase = phase
@@ -189,6 +205,7 @@ class _Flow:
         self.sent_at = 0.0
         self.waiting_first = False
         self.in_response = False
+        self.refused = False
 
     @property
     def wants_more(self) -> bool:
@@ -211,13 +228,20 @@ class _Flow:
     def on_data(self, data: bytes, now: float) -> bool | None:
         """Feed a read; None = keep reading, True = send the next request, False = reconnect."""
         phase = self.phase
-        if self.waiting_first:
+        first = self.waiting_first
+        if first:
             self.waiting_first = False
-            phase.ttfb.append(now - self.sent_at)
             phase.live += 1
             if phase.live > phase.live_max:
                 phase.live_max = phase.live
         state = self.reader.feed(data, now)
+        if first:  # the status line is in the first read (loopback, one small head)
+            self.refused = self.reader.status == 503
+            if self.refused:
+                phase.refusals.append(now - self.sent_at)
+            else:
+                phase.admitted += 1
+                phase.ttfb.append(now - self.sent_at)
         if state is State.MORE:
             return None
         phase.live -= 1
@@ -315,6 +339,10 @@ def drive_epoll(phase: _Phase, timers: Timers, every: float, sample: Callable[[]
             entry.flow.on_lost(reset=True)
             close(entry, reconnect=True)
 
+    def retry(entry: _Sock) -> None:
+        if not entry.closed:
+            send_next(entry)
+
     def close(entry: _Sock, *, reconnect: bool) -> None:
         if entry.closed:
             return
@@ -326,7 +354,8 @@ def drive_epoll(phase: _Phase, timers: Timers, every: float, sample: Callable[[]
         entry.sock.close()
         flow = entry.flow
         if reconnect and flow.wants_more:
-            at(time.time() + RETRY_DELAY, lambda: open_stream(flow.remaining))
+            delay = phase.refused_retry_delay if flow.refused else RETRY_DELAY
+            at(time.time() + delay, lambda: open_stream(flow.remaining))
         else:
             phase.finished += 1
 
@@ -383,6 +412,10 @@ def drive_epoll(phase: _Phase, timers: Timers, every: float, sample: Callable[[]
                     continue
                 if verdict:
                     send_next(entry)
+                elif entry.flow.refused and not entry.flow.reader.close_after:
+                    # A refusal read whole: retry on the same connection, as an HTTP
+                    # client's pool would, after the Retry-After.
+                    at(time.time() + phase.refused_retry_delay, partial(retry, entry))
                 else:
                     close(entry, reconnect=True)
     finally:
@@ -670,7 +703,8 @@ def run_spec(spec: LoadSpec) -> LoadResult:
     tally = Tally(window_start=t0 if budget else window_start, window_end=deadline,
                   sample_every=max(1, spec.latency_every))
     phase = _Phase(spec.host, spec.port, spec.streams, spec.requests_per_stream, spec.ramp,
-                   deadline, spec.tokens, spec.latency, tally, spec.api_key)
+                   deadline, spec.tokens, spec.latency, tally, spec.api_key,
+                   spec.refused_retry_delay)
     timers: Timers = [(t0 if budget else window_start, monitor.start)]
     drive(phase, timers, spec.rss_every, monitor.sample)
     end = time.time()
@@ -690,6 +724,9 @@ def run_spec(spec: LoadSpec) -> LoadResult:
         chunks_per_s=round(tally.window_chunks / window, 1),
         ttfb_ms=percentiles(phase.ttfb),
         ttfb_censored=phase.censored,
+        refused=len(phase.refusals),
+        admitted=phase.admitted,
+        refusal_ms=percentiles(phase.refusals),
         latency_ms=percentiles(list(tally.latencies)),
         live_max=phase.live_max,
         cut_at_end=phase.cut_at_end,

@@ -241,13 +241,14 @@ def _settings_fields() -> tuple[set[str], set[str]]:
 
 
 def start_sluice(stack: contextlib.ExitStack, workdir: Path, upstream_port: int,
-                 variant: str = "", *, keys: str = "") -> Proc:
+                 variant: str = "", *, keys: str = "", extra: str = "",
+                 label: str = "") -> Proc:
     """``sluice serve`` (or a `variants` launcher) on core 0; returns once /healthz answers.
 
     `keys`: config tables for API keys and their store (`keys_config`): the
-    ``sluice-keys`` target."""
-    config = write_sluice_config(workdir, upstream_port, extra=keys,
-                                 name="sluice-keys.toml" if keys else "sluice.toml")
+    ``sluice-keys`` target. `extra`: more config tables, for a column named `label`."""
+    config = write_sluice_config(workdir, upstream_port, extra=keys + extra,
+                                 name=f"{label or ('sluice-keys' if keys else 'sluice')}.toml")
     port = free_port()
     bind = f"127.0.0.1:{port}"
     if keys:
@@ -261,7 +262,7 @@ def start_sluice(stack: contextlib.ExitStack, workdir: Path, upstream_port: int,
     else:
         argv = [sys.executable, "-m", "server.cli", "serve", "--bind", bind,
                 "--config", str(config)]
-        label = "sluice"
+        label = label or "sluice"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("BENCH_GC_STATS", str(workdir / f"gc-{variant or 'stock'}.jsonl"))
     proc = spawn(stack, label, argv, workdir / f"{label}.log", RELAY_CORE, env=env)

@@ -50,6 +50,7 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 # Frames that only carry work for a caller: trio's I/O and scheduling, h11, contextlib...
 CARRIERS = ("/trio/", "/h11/", "/anyio/", "/sniffio/", "/outcome/", "contextlib.py",
             "/_weakrefset.py", "<frozen", "abc.py", "/functools.py", "/enum.py", "/typing.py")
+NO_OVERLOAD = "\n[overload]\nenabled = false\n"
 TRIO_FALLBACK = "trio scheduler and I/O wait (no owner above)"
 
 
@@ -186,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         upstream = processes.start_upstream(stack, workdir, kind=scenario.upstream,
                                             scenario=scenario.upstream_scenario)
-        sluice = processes.start_sluice(stack, workdir, upstream.port, args.variant)
+        # py-spy --native pauses the worker to sample it: the overload guard would read the
+        # pauses as loop lag and refuse streams (1,278 503s in a stream-100 profile). Off.
+        sluice = processes.start_sluice(stack, workdir, upstream.port, args.variant,
+                                        extra=NO_OVERLOAD)
         spec = LoadSpec(port=sluice.port, driver=args.loadgen, warmup_requests=20,
                         monitor={"upstream": upstream.pid, "relay": sluice.worker}, **load)
         print(f"profiling {label}: {scenario.title}; sampling {args.duration:g} s after "

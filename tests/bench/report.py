@@ -67,6 +67,15 @@ ROWS: Mapping[str, Row] = {
     "lat_added_p50": Row("added chunk latency p50", "ms", 2),
     "lat_added_p99": Row("added chunk latency p99", "ms", 2),
     "errors": Row("errors", "", 0),
+    "errors_other": Row("errors other than refusals (503)", "", 0),
+    "streams_offered": Row("streams offered (2x capacity)", "", 0),
+    "refused_share": Row("requests refused (503)", "%", 1),
+    "refusal_p50": Row("time to refusal p50", "ms", 2),
+    "refusal_p99": Row("time to refusal p99", "ms", 2),
+    "lag_p50": Row("Sluice loop lag p50 (<= bucket bound)", "ms", 0),
+    "lag_p99": Row("Sluice loop lag p99 (<= bucket bound)", "ms", 0),
+    "lag_over_100ms": Row("Sluice loop lag samples over 100 ms", "%", 1),
+    "lag_samples": Row("Sluice loop lag samples taken", "", 0, "higher"),
     "relay_cpu_cores": Row("relay CPU", "cores", 2),
     "relay_us_per_chunk": Row("relay CPU per chunk", "us", 1),
     "relay_s_per_1k": Row("relay CPU per 1,000 chunks", "s", 4),
@@ -105,10 +114,21 @@ def metrics(result: Mapping[str, Any], gc: Mapping[str, float] | None = None) ->
         "lat_p50": result["latency_ms"].get("p50"),
         "lat_p99": result["latency_ms"].get("p99"),
         "errors": float(sum(result["errors"].values())),
+        "errors_other": float(sum(n for kind, n in result["errors"].items()
+                                  if kind != "status_503")),
+        "streams_offered": float(result["streams"]),
         "load_cpu_cores": result["load_cpu_frac"],
         "upstream_cpu_cores": upstream["cpu_s"] / window if upstream else None,
         "redis_cpu_cores": redis["cpu_s"] / window if redis else None,
     }
+    refused, admitted = result.get("refused", 0), result.get("admitted", 0)
+    if refused + admitted:
+        out["refused_share"] = 100.0 * refused / (refused + admitted)
+        out["refusal_p50"] = result["refusal_ms"].get("p50")
+        out["refusal_p99"] = result["refusal_ms"].get("p99")
+    lag: Mapping[str, float] = result.get("lag_buckets", {})
+    if lag.get("+Inf"):  # Sluice's raw loop-lag samples over the run (cumulative buckets)
+        out.update(lag_summary(lag))
     if relay:
         cpu = relay["cpu_s"]
         out["relay_cpu_cores"] = cpu / window
@@ -133,6 +153,20 @@ def metrics(result: Mapping[str, Any], gc: Mapping[str, float] | None = None) ->
         out["load_core_busy"] = 100 * cores["cpu1"]["busy"]
         out["steal"] = 100 * (cores["cpu0"]["steal"] + cores["cpu1"]["steal"]) / 2
     return out
+
+
+def lag_summary(buckets: Mapping[str, float]) -> Metrics:
+    """p50/p99 of the loop-lag samples (as their bucket's upper bound, ms), the share over
+    100 ms, and the samples taken per second of the run's length."""
+    total = buckets["+Inf"]
+    bounds = sorted((float(le), count) for le, count in buckets.items())
+
+    def quantile(q: float) -> float:
+        return next(1000 * le for le, count in bounds if count >= q * total)
+
+    over = total - buckets.get("0.1", total)
+    return {"lag_p50": quantile(0.5), "lag_p99": quantile(0.99),
+            "lag_over_100ms": 100.0 * over / total, "lag_samples": total}
 
 
 def median_metrics(runs: Sequence[Metrics]) -> Metrics:

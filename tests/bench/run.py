@@ -49,6 +49,13 @@ from tests.bench.scenarios import BenchScenario, select
 from tests.bench.variants import VARIANTS, known
 
 LOADGEN_SLACK = 90.0  # seconds beyond a run's planned length before the load process is killed
+# The overload scenario's capacity probe: this many paced streams (more than a worker
+# relays), measured for this long; a worker using this share of a core is saturated.
+PROBE_STREAMS = 400
+PROBE_SECONDS = 4.0
+SATURATED = 0.9
+# Sluice with shedding off but its loop lag still measured (a threshold never reached).
+NOSHED_CONFIG = "\n[overload]\nlag_threshold_ms = 1000000000\n"
 
 
 @dataclass
@@ -194,6 +201,55 @@ def run_loadgen(spec: LoadSpec, limit: float) -> dict[str, Any]:
     return result
 
 
+def measure_capacity(scenario: BenchScenario, sluice: Proc, upstream_pid: int,
+                     driver: str) -> float:
+    """How many of `scenario`'s paced streams one Sluice worker relays, at most.
+
+    `PROBE_STREAMS` streams — about what a worker carries on a quiet core (the journal's
+    scaling run: 400 streams used a whole core) — run for `PROBE_SECONDS`; the chunks it
+    delivers per second, divided by the streams' token rate, is its capacity.
+    (Extrapolating from a lighter load's CPU per chunk undercounts it: a loop that falls
+    behind batches its writes, and each chunk gets cheaper.) Should the worker not
+    saturate (less than `SATURATED` of a core), its rate is scaled to a whole core.
+    """
+    spec = LoadSpec(port=sluice.port, driver=driver, streams=PROBE_STREAMS,
+                    tokens=scenario.load["tokens"], ramp=2.0, warm=2.0,
+                    duration=PROBE_SECONDS, latency=False,
+                    monitor={"upstream": upstream_pid, "relay": sluice.worker})
+    raw = run_loadgen(spec, spec.ramp + spec.warm + spec.duration + LOADGEN_SLACK)
+    cpu = float(raw["monitored"]["relay"]["cpu_s"]) / max(float(raw["window_s"]), 1e-9)
+    if cpu <= 0 or not raw["chunks_per_s"]:
+        raise RuntimeError(f"the capacity probe measured nothing: {raw['errors']}")
+    return float(raw["chunks_per_s"]) / min(1.0, cpu / SATURATED) / float(scenario.tps)
+
+
+def run_loadgen_scraping_lag(spec: LoadSpec, limit: float, port: int) -> dict[str, Any]:
+    """`run_loadgen`, with Sluice's raw event-loop lag samples over the run (its
+    ``sluice_event_loop_lag_samples_seconds`` histogram, scraped before and after: the
+    difference is every sample the overload guard took, ramp included)."""
+    before = scrape_lag(port)
+    raw = run_loadgen(spec, limit)
+    after = scrape_lag(port)
+    raw["lag_buckets"] = {le: after.get(le, 0.0) - before.get(le, 0.0) for le in after}
+    return raw
+
+
+LAG_BUCKET = 'sluice_event_loop_lag_samples_seconds_bucket{le="'
+
+
+def scrape_lag(port: int) -> dict[str, float]:
+    """The lag histogram's cumulative bucket counts, by upper bound (``"+Inf"`` last)."""
+    status, body = processes.http_get(port, "/metrics", 30.0)
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}")
+    buckets: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line.startswith(LAG_BUCKET):
+            le, _, count = line[len(LAG_BUCKET):].partition('"} ')
+            buckets[le] = float(count)
+    return buckets
+
+
 def read_gc(path: Path) -> dict[str, float] | None:
     """The gc seconds and longest pause between the last two SIGUSR1 dumps of a variant."""
     try:
@@ -258,6 +314,8 @@ def _run_targets(stack: contextlib.ExitStack, workdir: Path, scenario: BenchScen
     api_keys: dict[str, str] = {}  # target -> the key its requests carry
     redis_pid: dict[str, int] = {}
     wanted = list(options.targets) + [f"sluice+{v}" for v in options.variants]
+    if "sluice" in wanted:
+        wanted += list(scenario.extra_targets)
     for target in wanted:
         try:
             if target == "direct":
@@ -276,6 +334,9 @@ def _run_targets(stack: contextlib.ExitStack, workdir: Path, scenario: BenchScen
                 relays[target] = processes.start_sluice(
                     stack, workdir, upstream.port, keys=processes.keys_config(redis.url, key))
                 api_keys[target], redis_pid[target] = key.text, redis.process.pid
+            elif target == "sluice-noshed":
+                relays[target] = processes.start_sluice(stack, workdir, upstream.port,
+                                                        extra=NOSHED_CONFIG, label=target)
             else:
                 variant = target.partition("+")[2]
                 relays[target] = processes.start_sluice(stack, workdir, upstream.port, variant)
@@ -284,6 +345,15 @@ def _run_targets(stack: contextlib.ExitStack, workdir: Path, scenario: BenchScen
             print(f"  ! {target} did not start: {error}", flush=True)
     for target in relays:
         result.runs[target] = []
+    probe = relays.get("sluice")
+    if scenario.capacity_factor and probe is not None:
+        capacity = measure_capacity(scenario, probe, upstream.pid, options.driver)
+        streams = max(1, round(scenario.capacity_factor * capacity))
+        print(f"  capacity of one Sluice worker: {capacity:.0f} streams at {scenario.tps:g} "
+              f"tok/s; offering {streams}", flush=True)
+        scenario = replace(scenario, load={**scenario.load, "streams": streams})
+        result.scenario = scenario
+        processes.wait_quiet([upstream.pid, probe.worker])
     limit = scenario.run_seconds() + LOADGEN_SLACK
     for repeat in range(repeats):
         for target, relay in relays.items():
@@ -301,7 +371,10 @@ def _run_targets(stack: contextlib.ExitStack, workdir: Path, scenario: BenchScen
                             warmup_requests=scenario.warmup_requests,
                             api_key=api_keys.get(target, ""), **scenario.load)
             try:
-                raw = run_loadgen(spec, limit)
+                if relay is not None and target.startswith("sluice"):
+                    raw = run_loadgen_scraping_lag(spec, limit, relay.port)
+                else:
+                    raw = run_loadgen(spec, limit)
             except RuntimeError as error:
                 result.failures[target] = str(error)
                 print(f"  ! {scenario.name} {target}: {error}", flush=True)

@@ -37,6 +37,11 @@ class BenchScenario:
     note: str = ""
     warmup_requests: int = 20
     rows: tuple[str, ...] = field(default=())
+    capacity_factor: float = 0.0
+    """If set: first measure how many of these streams one Sluice worker relays (`run.
+    measure_capacity`), then offer this many times that (``load["streams"]`` is replaced)."""
+    extra_targets: tuple[str, ...] = ()
+    """Columns only this scenario has (``sluice-noshed``: Sluice with ``[overload]`` off)."""
 
     @property
     def offered_cps(self) -> float | None:
@@ -60,8 +65,26 @@ _ROWS_LATENCY = ("ttfb_p50", "ttfb_p99", "ttfb_overhead_p50", "ttfb_overhead_p99
 _ROWS_LOAD = ("relay_cpu_cores", "relay_us_per_chunk", "relay_s_per_1k", "relay_rss_max_mb",
               "load_cpu_cores", "upstream_cpu_cores", "load_core_busy", "relay_core_busy",
               "relay_core_other", "steal")
+_ROWS_LAG = ("lag_p50", "lag_p99", "lag_over_100ms")
 _ROWS_KEYS = ("relay_ms_per_request", "keys_added_ms_per_request", "keys_added_us_per_chunk",
               "redis_cpu_cores")
+
+_ROWS_OVERLOAD = ("streams_offered", "refused_share", "refusal_p50", "refusal_p99",
+                  "ttfb_p50", "ttfb_p99", "lat_p50", "lat_p99", "chunks_per_s",
+                  "errors_other", "relay_cpu_cores", "relay_us_per_chunk", "lag_p50",
+                  "lag_p99", "lag_over_100ms", "lag_samples", "load_core_busy",
+                  "relay_core_other")
+
+OVERLOAD = BenchScenario(
+    "overload", "twice what one worker relays: streams @ 50 tok/s, 250 chunks each (5 s)",
+    "pacer", _paced(50), tps=50, repeats=1, capacity_factor=2.0,
+    extra_targets=("sluice-noshed",),
+    load={"streams": 0, "tokens": 250, "ramp": 4.0, "warm": 2.0, "duration": 10.0,
+          "latency_every": 10, "refused_retry_delay": 1.0},
+    note="streams open over the ramp and loop (a new request every 5 s); a refused one "
+         "waits 1 s (the Retry-After) and asks again; TTFB and chunk latency are the "
+         "admitted streams'",
+    rows=_ROWS_OVERLOAD)
 
 FULL: tuple[BenchScenario, ...] = (
     BenchScenario(
@@ -73,7 +96,8 @@ FULL: tuple[BenchScenario, ...] = (
         "stream-100", "100 concurrent streams @ 50 tok/s, 100 chunks each (closed loop)",
         "pacer", _paced(50), tps=50, repeats=3,
         load={"streams": 100, "tokens": 100, "ramp": 2.0, "warm": 0.0, "duration": 6.0},
-        rows=("chunks_per_s", "offered_cps", *_ROWS_LATENCY, *_ROWS_LOAD, *_ROWS_KEYS)),
+        rows=("chunks_per_s", "offered_cps", *_ROWS_LATENCY, *_ROWS_LOAD, *_ROWS_LAG,
+              *_ROWS_KEYS)),
     BenchScenario(
         "stream-1000", "1,000 concurrent streams @ 50 tok/s (50k chunks/s offered)",
         "pacer", _paced(50), tps=50, repeats=2,
@@ -82,7 +106,7 @@ FULL: tuple[BenchScenario, ...] = (
         note="streams open at 250/s during the ramp; TTFB covers those opens",
         rows=("chunks_per_s", "offered_cps", "ttfb_p50", "ttfb_p99", "lat_p50", "lat_p99",
               "lat_added_p99", "errors", *_ROWS_LOAD, "gc_share", "gc_max_pause_ms",
-              *_ROWS_KEYS)),
+              *_ROWS_LAG, *_ROWS_KEYS)),
     BenchScenario(
         "saturate-100", "saturation: 100 streams, no pacing (tps=0), 1M tokens each",
         "fake", "tokens=1000000,tps=0,timestamps=true", repeats=3,
@@ -120,6 +144,7 @@ FULL: tuple[BenchScenario, ...] = (
               "relay_ms_per_request", "load_cpu_cores", "upstream_cpu_cores",
               "load_core_busy", "relay_core_other", "steal", "keys_added_ms_per_request",
               "redis_cpu_cores")),
+    OVERLOAD,
 )
 
 
@@ -141,6 +166,7 @@ def _quick() -> tuple[BenchScenario, ...]:
                 load={**idle.load, "streams": 2000, "ramp": 8.0, "warm": 1.0,
                       "duration": 3.0}),
         shrink("open-rate", duration=3.0),
+        shrink("overload", ramp=3.0, warm=1.0, duration=6.0),
     )
 
 

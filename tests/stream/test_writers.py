@@ -30,6 +30,17 @@ async def test_a_batch_is_everything_already_waiting_and_heartbeats_add_nothing(
     assert await receive_batch(receive) == ([b"3"], end)
 
 
+async def test_a_batch_that_meets_the_closed_channel_returns_what_it_took() -> None:
+    """The pump closes its end without a `StreamEnd` only when it is cancelled (the client
+    left): the stream is being cancelled, and the writer must reach its next checkpoint to
+    see it — not raise `EndOfChannel` out of the stream's nursery (a traceback per
+    disconnect, seen under overload)."""
+    send, receive = trio.open_memory_channel[ChannelItem](8)
+    send.send_nowait(b"1")
+    send.close()
+    assert await receive_batch(receive) == ([b"1"], None)
+
+
 async def test_a_heartbeat_during_silence_is_a_keepalive_that_commits_the_status() -> None:
     sent: list[dict[str, Any]] = []
     wrote = trio.Event()

@@ -1,0 +1,158 @@
+"""Overload: when the worker's event loop falls behind, refuse new streams at once.
+
+    guard = LagGuard(settings.overload)
+    await nursery.start(guard.serve)             # samples the loop's lag, decides
+    if guard.shedding: ...                       # refuse a new stream: 503 + Retry-After
+
+One worker is one event loop on one core. Past what that core can relay,
+every task — admitted streams' chunks, new streams' first bytes, health
+checks — waits its turn in the same run queue, and the wait grows with the
+load: measured at twice a worker's capacity, 40 % of clients had no first
+byte after ten seconds and every admitted stream stuttered. Refusing *new*
+streams, cheaply and at once, keeps the admitted ones at their pace and
+sends the refused client (or its load balancer) elsewhere within
+milliseconds.
+
+**The signal: event-loop lag.** `LagGuard.serve` sleeps `interval` and
+measures how late it wakes up. That lateness is exactly the queueing delay
+every other task in the loop sees — a chunk waiting to be written, a request
+waiting to be read — so it measures the symptom to be prevented, in the
+unit clients feel it, with no knowledge of what the worker's capacity is.
+CPU use cannot tell "busy and keeping up" from "busy and falling behind"
+(both read 100 %), and a relay rate needs to know the capacity it is
+compared with, which changes with chunk sizes, stream counts and the
+machine. (The benchmark's overload scenario measured the three;
+``tests/bench/README.md``.)
+
+**The decision** (`LagGuard.observe`, pure: plain numbers, any clock) is
+hysteresis over a smoothed lag: an exponentially weighted mean over about
+the last five samples (one gc pause or a burst of opens does not shed; lag
+that lasts does), shedding starts above ``lag_threshold`` and stops only
+once the smoothed lag has stayed below the lower ``lag_clear`` for
+``hold`` seconds — so a worker that just recovered is not flooded again at
+once and flapping between the two states is bounded.
+
+What is refused and how is the app's business (`server.gateway.SluiceApp`):
+new streams only, before Quart builds a request; in-flight streams, health,
+readiness and metrics are never refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
+
+from server.config import OverloadSettings
+from server.errors import Overloaded, error_headers, openai_error_body
+
+log = logging.getLogger("sluice.overload")
+
+# The weight of each new sample in the smoothed lag: about the last five samples count.
+SMOOTHING = 0.2
+
+
+class LagGuard:
+    """Hysteresis over the smoothed event-loop lag: shed new streams, or not.
+
+    >>> guard = LagGuard(OverloadSettings(lag_threshold=0.05, lag_clear=0.02, hold=1.0))
+    >>> guard.observe(0.3, now=0.0)   # smoothed: 0.06 > 0.05
+    True
+    """
+
+    def __init__(self, settings: OverloadSettings) -> None:
+        self.settings = settings
+        self.lag = 0.0  # smoothed, seconds
+        self.shedding = False
+        self.refusals = 0
+        self._clear_since: float | None = None
+
+    def observe(self, lag: float, now: float) -> bool:
+        """Take one lag sample (seconds, measured at ``now``); return whether to shed."""
+        self.lag += SMOOTHING * (lag - self.lag)
+        settings = self.settings
+        if not self.shedding:
+            if self.lag > settings.lag_threshold:
+                self.shedding = True
+                self._clear_since = None
+        elif self.lag >= settings.lag_clear:
+            self._clear_since = None  # not clear (yet, or again): the hold starts over
+        else:
+            if self._clear_since is None:
+                self._clear_since = now
+            if now - self._clear_since >= settings.hold:
+                self.shedding = False
+                self._clear_since = None
+        return self.shedding
+
+    async def serve(self, record: Callable[[float], object] | None = None, *,
+                    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:
+        """Sample the loop's lag every ``interval`` and `observe` it; log each change of state.
+
+        Started with ``await nursery.start(guard.serve)``, it reports the cancel scope
+        that stops it. ``record`` is given each raw sample (a histogram's ``observe``).
+        """
+        interval = self.settings.interval
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            shedding = False
+            while True:
+                asleep = trio.current_time()
+                await trio.sleep(interval)
+                now = trio.current_time()
+                lag = max(0.0, now - asleep - interval)
+                if record is not None:
+                    record(lag)
+                if self.observe(lag, now) != shedding:
+                    shedding = self.shedding
+                    self._log_change()
+
+    def _log_change(self) -> None:
+        if self.shedding:
+            log.warning("overloaded: event-loop lag %.0f ms; refusing new streams (503) "
+                        "until it stays under %.0f ms for %g s", self.lag * 1000,
+                        self.settings.lag_clear * 1000, self.settings.hold)
+        else:
+            log.info("overload over: event-loop lag %.0f ms; taking new streams again "
+                     "(%d refused so far)", self.lag * 1000, self.refusals)
+
+
+# The endpoints that start new work: refused while shedding. Everything else — in-flight
+# streams, their cancels and resumes, health, readiness, metrics, admin — is served.
+NEW_WORK_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses",
+                            "/v1/embeddings", "/chat"})
+
+
+def is_new_work(scope: HTTPScope) -> bool:
+    """Whether this request would start a new stream (a POST to one of `NEW_WORK_PATHS`)."""
+    return scope["method"] == "POST" and scope["path"] in NEW_WORK_PATHS
+
+
+async def refuse(guard: LagGuard, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    """Answer 503 ``gateway_overloaded`` with Retry-After, straight on the ASGI connection.
+
+    No request object, no parsing, no log line: while the loop is behind, a
+    refusal must cost as little as possible. The body is read (and dropped)
+    first: hypercorn keeps an HTTP/1.1 connection for the client's next
+    request only if the request was read to its end when the response ends —
+    otherwise it closes it, and a client's pool that reuses it sees "server
+    disconnected". A body that does not come within `BODY_BOUND` is left.
+    """
+    guard.refusals += 1
+    with trio.move_on_after(BODY_BOUND):
+        while (message := await receive())["type"] == "http.request" \
+                and message.get("more_body", False):
+            pass
+    error = Overloaded(guard.settings.retry_after)
+    body = openai_error_body(error)
+    headers = [*error_headers(error), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers,
+                "trailers": False})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# How long a refusal waits for the rest of the request body (usually there already).
+BODY_BOUND = 1.0
