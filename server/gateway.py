@@ -37,7 +37,7 @@ from server.api.browser_chat import register_chat_api
 from server.api.chat_completions import ChatRequest, parse_chat_request
 from server.api.completions import register_completions_api
 from server.api.connection import SluiceHTTPConnection, StreamResponse
-from server.api.cors import install_cors
+from server.api.cors import install_cors, response_headers
 from server.api.detached import key_owner, owner_of
 from server.api.embeddings import register_embeddings_api
 from server.api.page import register_page
@@ -46,7 +46,7 @@ from server.api.resume import ResumableStreams
 from server.api.resume_header import RESUMABLE_HEADER, wants_resumable
 from server.backends import open_backends
 from server.backends.http import api_key_from_env
-from server.config import Accepts, ConfigError, Settings
+from server.config import Accepts, ConfigError, CorsSettings, Settings
 from server.errors import (
     BodyTooLarge,
     ModelNotFound,
@@ -91,6 +91,7 @@ class SluiceApp(QuartTrio):
     send_stall_timeout: float | None = None
     # Set while serving when [overload] is enabled: new streams are refused while it sheds.
     overload: LagGuard | None = None
+    cors: CorsSettings = CorsSettings()  # a refusal carries the API's CORS headers too
 
     async def __call__(self, scope: Scope, receive: ASGIReceiveCallable,
                        send: ASGISendCallable) -> None:
@@ -98,7 +99,11 @@ class SluiceApp(QuartTrio):
         guard = self.overload
         if guard is not None and guard.shedding and scope["type"] == "http" \
                 and is_new_work(scope):
-            await refuse(guard, receive, send)
+            origin = next((value.decode("latin-1") for name, value in scope["headers"]
+                           if name == b"origin"), None)
+            cors = [(name.encode(), value.encode())
+                    for name, value in response_headers(self.cors, origin)]
+            await refuse(guard, receive, send, cors)
             return
         await self.asgi_app(scope, receive, send)
 
@@ -114,6 +119,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *,
 
     app = SluiceApp("sluice")
     app.send_stall_timeout = settings.server.send_stall_timeout
+    app.cors = settings.cors
     app.config.update(
         RESPONSE_TIMEOUT=None,
         MAX_CONTENT_LENGTH=settings.server.max_body_bytes,

@@ -21,12 +21,13 @@ import pytest
 import trio
 import trio.lowlevel
 
-from server.config import OverloadSettings
+from server.config import CorsSettings, OverloadSettings
 from server.testing.fake_upstream import FakeUpstream, Scenario
 from tests.conftest import PROMPTLY, chat_body, running_sluice, settings_for
 from tests.e2e.test_lifecycle import BOTH, START_BOUND, launched, write_config
 
 URL = "/v1/chat/completions"
+PAGE = "https://app.example"  # a page on another origin that CORS allows
 # Shed above 50 ms of smoothed lag; take streams again once under 20 ms for 0.3 s.
 OVERLOAD = OverloadSettings(lag_threshold=0.05, lag_clear=0.02, hold=0.3, retry_after=2.0)
 # How long the busy task holds the loop each time: twice the threshold.
@@ -84,7 +85,8 @@ async def test_new_streams_are_refused_while_the_loop_is_behind_and_admitted_one
         nursery: trio.Nursery) -> None:
     upstream = FakeUpstream(ADMITTED)
     await nursery.start(upstream.serve, 0)
-    settings = replace(settings_for(upstream.base_url), overload=OVERLOAD)
+    settings = replace(settings_for(upstream.base_url), overload=OVERLOAD,
+                       cors=CorsSettings(allow_origins=(PAGE,)))
     async with running_sluice(settings, overload=True) as sluice, \
             httpx.AsyncClient(base_url=sluice.base_url, timeout=30.0) as client:
         stop = trio.Event()
@@ -110,10 +112,13 @@ async def test_new_streams_are_refused_while_the_loop_is_behind_and_admitted_one
             assert sluice.sample("sluice_event_loop_lag_seconds") > OVERLOAD.lag_threshold
             during.append(len(admitted))
 
-            # A new stream: refused at once with a retryable, OpenAI-shaped 503...
-            refused = await client.post(URL, json=chat_body())
+            # A new stream: refused at once with a retryable, OpenAI-shaped 503 (that a page
+            # on an allowed origin may read)...
+            refused = await client.post(URL, json=chat_body(), headers={"Origin": PAGE})
             assert refused.status_code == 503
             assert refused.headers["retry-after"] == "2"
+            assert refused.headers["access-control-allow-origin"] == PAGE
+            assert "Retry-After" in refused.headers["access-control-expose-headers"]
             error = refused.json()["error"]
             assert (error["type"], error["code"]) == ("service_unavailable",
                                                       "gateway_overloaded")
