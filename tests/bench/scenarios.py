@@ -139,7 +139,10 @@ FULL: tuple[BenchScenario, ...] = (
         "fake", "tokens=1,tps=0,timestamps=true", repeats=2,
         load={"streams": 50, "tokens": 1, "ramp": 0.0, "warm": 1.0, "duration": 5.0,
               "latency": False},
-        note="what opening a stream costs: requests/s and relay CPU per request",
+        note="what opening a stream costs: requests/s and relay CPU per request (the "
+             "worker is saturated by design, so sluice-noshed, without the overload guard, "
+             "is the open cost; sluice sheds part of the churn)",
+        extra_targets=("sluice-noshed",),
         rows=("responses_per_s", "ttfb_p50", "ttfb_p99", "errors", "relay_cpu_cores",
               "relay_ms_per_request", "load_cpu_cores", "upstream_cpu_cores",
               "load_core_busy", "relay_core_other", "steal", "keys_added_ms_per_request",

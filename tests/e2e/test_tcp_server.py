@@ -3,14 +3,21 @@
 Writes skip trio's layers and the keep-alive timer is one task per connection
 instead of one per request; connections must still be reused, closed after
 ``keep_alive_timeout`` of idleness (never while a request is served), and
-leave nothing behind once their clients are gone.
+leave nothing behind once their clients are gone. A stream's response takes
+its connection's shortcuts (`DirectBody`): fewer writes, the same bytes.
 """
 
 from __future__ import annotations
 
+import os
+import re
+
+import h11
 import orjson
+import pytest
 import trio
 
+from server.serving import tcp_server
 from server.serving.tcp_server import LeanTCPServer
 from server.testing.fake_upstream import FakeUpstream, Scenario
 from tests.conftest import PROMPTLY, chat_body, running_sluice, settings_for
@@ -97,3 +104,77 @@ async def test_connections_closed_by_their_clients_leave_no_task_behind(
                 break
             await trio.sleep(0.02)
         assert _tasks(root) <= before
+
+
+class _Writes:
+    """Stands in for the module's ``os``: records each write to a client, then makes it."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+
+    def write(self, fd: int, data: bytes) -> int:
+        self.data.append(bytes(data))
+        return os.write(fd, data)
+
+
+async def _stream_over_raw_socket(base_url: str, max_tokens: int) -> bytes:
+    """A whole streamed chat response as the client's socket received it."""
+    stream = await _open(base_url)
+    payload = orjson.dumps(chat_body(max_tokens=max_tokens))
+    await stream.send_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: sluice\r\n"
+                          b"content-type: application/json\r\n"
+                          b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
+    data = b""
+    while not data.endswith(b"0\r\n\r\n"):
+        chunk = await stream.receive_some()
+        assert chunk, f"closed mid-response: {data!r}"
+        data += chunk
+    await stream.aclose()
+    return data
+
+
+def _comparable(response: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The response as an HTTP client reads it (headers, de-chunked body), without what
+    differs between two runs: the date, the request id, chunk ids and timestamps. (How
+    the body is cut into chunks depends on timing: the writer coalesces what waits.)"""
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="POST", target="/", headers=[("host", "x"),
+                                                               ("content-length", "0")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(response)
+    head = client.next_event()
+    assert isinstance(head, h11.Response) and head.status_code == 200
+    body = b""
+    while not isinstance(event := client.next_event(), h11.EndOfMessage):
+        assert isinstance(event, h11.Data)
+        body += event.data
+    headers = [(name, value) for name, value in head.headers
+               if name not in (b"date", b"x-request-id")]
+    return headers, re.sub(rb'"(id|created)":("[^"]*"|\d+)', rb'"\1":_', body)
+
+
+async def test_a_streamed_response_goes_out_in_fewer_writes_with_the_same_bytes(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upstream.scenario = Scenario(tokens=5, tps=50)
+    writes = _Writes()
+    monkeypatch.setattr(tcp_server, "os", writes)
+    async with running_sluice(settings_for(upstream.base_url)) as sluice:
+        direct = await _stream_over_raw_socket(sluice.base_url, max_tokens=5)
+        ours = writes.data  # only the TCP server's writes to its clients pass here
+        assert len(ours) >= 3
+        # The headers leave with the first chunk, the last chunk with the end of the body,
+        # and every chunk between is one write, framed as h11 frames it.
+        assert ours[0].startswith(b"HTTP/1.1 200") and b"\r\n\r\n" in ours[0]
+        assert ours[0].split(b"\r\n\r\n", 1)[1].endswith(b"\n\n\r\n")  # a whole first chunk
+        assert ours[-1].endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+        for middle in ours[1:-1]:
+            size, _, rest = middle.partition(b"\r\n")
+            assert int(size, 16) == len(rest) - 2 and rest.endswith(b"\n\n\r\n")
+        assert b"".join(ours) == direct  # nothing else went to this client
+
+        # The same stream through hypercorn's and h11's own path: the same bytes.
+        monkeypatch.setattr(tcp_server.DirectBody, "of", classmethod(lambda cls, send: None))
+        asgi = await _stream_over_raw_socket(sluice.base_url, max_tokens=5)
+    assert _comparable(direct) == _comparable(asgi)
+    assert direct.count(b"data: [DONE]") == 1
