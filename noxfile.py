@@ -123,6 +123,12 @@ def steps(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def floor(session: nox.Session) -> None:
+    """What relaying a chunk costs in bare Trio shapes, no HTTP (~1 min; not in CI)."""
+    _run_bench_tool(session, "floor")
+
+
+@nox.session(python=PYTHON)
 def profile(session: nox.Session) -> None:
     """py-spy on the Sluice worker under load (default: 1,000 streams)."""
     _run_bench_tool(session, "profile")
