@@ -60,6 +60,32 @@ class StreamResponse(LateResponse):
         await serve_stream(self.plan, send, headers, client_gone, self.metrics)
 
 
+async def handle_messages(request: Request, receive: ASGIReceiveCallable) -> None:
+    """Quart's ``handle_messages``, taking what already waits without a trip through the
+    scheduler.
+
+    hypercorn queues a request's body and its end before the app's tasks first
+    run; ``await receive()`` would spend one task step (a pass of the run loop)
+    on each. When ``receive`` is a trio channel's (hypercorn's), what waits is
+    taken with ``receive_nowait`` first. Quart's own loop otherwise.
+    """
+    channel = getattr(receive, "__self__", None)
+    if not isinstance(channel, trio.MemoryReceiveChannel):
+        await ASGIHTTPConnection.handle_messages(None, request, receive)  # type: ignore[arg-type]
+        return
+    while True:
+        try:
+            message = channel.receive_nowait()
+        except trio.WouldBlock:
+            message = await receive()
+        if message["type"] == "http.request":
+            request.body.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                request.body.set_complete()
+        elif message["type"] == "http.disconnect":
+            return
+
+
 class SluiceHTTPConnection(TrioASGIHTTPConnection):
     async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         request = self._create_request_from_scope(send)
@@ -72,7 +98,7 @@ class SluiceHTTPConnection(TrioASGIHTTPConnection):
     async def _receive_messages(
         self, nursery: trio.Nursery, request: Request, receive: ASGIReceiveCallable
     ) -> None:
-        await ASGIHTTPConnection.handle_messages(self, request, receive)  # until disconnect
+        await handle_messages(request, receive)  # until disconnect
         self.client_gone.set()
         if not self.streaming:
             nursery.cancel_scope.cancel("client disconnected")

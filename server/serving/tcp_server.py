@@ -60,6 +60,9 @@ each connection's task sets for the tasks it starts, and checks that the ASGI
 ``send`` it was given is that connection's own; under any other server, or
 wrapped by a middleware, it takes the ASGI path.
 
+`LeanTaskGroup` hands the app its request messages without a trip through the
+scheduler when its queue has room (three task steps fewer per request).
+
 `install` points hypercorn's trio ``worker_serve`` at this class;
 `server.serving.worker.install` calls it, and so does the test suite's
 server, so what is tested is what is served.
@@ -82,6 +85,7 @@ from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState
 from hypercorn.trio import run as hypercorn_trio_run
+from hypercorn.trio import tcp_server as hypercorn_tcp_server
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 
@@ -126,6 +130,32 @@ class KeepAliveTimer:
         self.deadline = deadline
         if self.scope is not None:
             self.scope.deadline = deadline
+
+
+class LeanTaskGroup(TaskGroup):
+    """hypercorn's per-connection task group, whose messages to the app skip the scheduler
+    when the app's queue has room.
+
+    hypercorn hands the app each request message (a body, its end, the
+    disconnect) with ``await channel.send(...)``, which always yields — one
+    task step each, three per request. Here a message goes in with
+    ``send_nowait`` and only a full queue waits the usual way.
+    """
+
+    async def spawn_app(self, app: Any, config: Any, scope: Any,
+                        send: Callable[..., Any]) -> Callable[[Any], Any]:
+        put = await super().spawn_app(app, config, scope, send)
+        channel = getattr(put, "__self__", None)
+        if not isinstance(channel, trio.MemorySendChannel):
+            return put
+
+        async def put_without_a_step(message: Any) -> None:
+            try:
+                channel.send_nowait(message)
+            except trio.WouldBlock:
+                await channel.send(message)
+
+        return put_without_a_step
 
 
 class LeanTCPServer(TCPServer):
@@ -297,3 +327,4 @@ def bound_stalls(sock: trio.socket.SocketType | socket.socket, seconds: float) -
 def install() -> None:
     """Make hypercorn's trio ``worker_serve`` (and so ``hypercorn.trio.serve``) use it."""
     hypercorn_trio_run.TCPServer = LeanTCPServer  # type: ignore[attr-defined]
+    hypercorn_tcp_server.TaskGroup = LeanTaskGroup  # type: ignore[attr-defined]
