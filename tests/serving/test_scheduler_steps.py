@@ -10,7 +10,7 @@ way when not — each checked here both ways.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import trio
 import trio.testing
@@ -20,9 +20,9 @@ from quart_trio.wrappers.request import TrioBody
 from server.api.connection import handle_messages
 from server.serving.tcp_server import LeanTaskGroup
 
-BODY = {"type": "http.request", "body": b"{}", "more_body": True}
-END = {"type": "http.request", "body": b"", "more_body": False}
-GONE = {"type": "http.disconnect"}
+BODY: Any = {"type": "http.request", "body": b"{}", "more_body": True}
+END: Any = {"type": "http.request", "body": b"", "more_body": False}
+GONE: Any = {"type": "http.disconnect"}
 
 
 async def test_a_message_for_an_app_with_room_is_put_without_a_checkpoint() -> None:
@@ -30,7 +30,7 @@ async def test_a_message_for_an_app_with_room_is_put_without_a_checkpoint() -> N
     config = Config()
     config.max_app_queue_size = 2
 
-    async def app(scope: Any, receive: Any, send: Any, *_: Any) -> None:
+    async def serve(scope: Any, receive: Any, send: Any, *_: Any) -> None:
         while (message := await receive())["type"] != "http.disconnect":
             received.append(message)
 
@@ -38,7 +38,8 @@ async def test_a_message_for_an_app_with_room_is_put_without_a_checkpoint() -> N
         pass
 
     async with LeanTaskGroup() as group:
-        put = await group.spawn_app(app, config, {}, app_send)
+        app: Any = serve
+        put = await group.spawn_app(app, config, cast(Any, {}), app_send)
         with trio.testing.assert_no_checkpoints():
             await put(BODY)
             await put(END)
@@ -61,7 +62,8 @@ async def test_an_empty_queue_is_waited_on() -> None:
     send, receive = trio.open_memory_channel[dict[str, Any]](10)
     request = SimpleNamespace(body=TrioBody(None, None))
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(handle_messages, request, receive.receive)
+        messages: Any = handle_messages
+        nursery.start_soon(messages, request, receive.receive)
         await trio.testing.wait_all_tasks_blocked()
         for message in (BODY, END, GONE):
             await send.send(message)
