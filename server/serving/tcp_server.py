@@ -179,7 +179,8 @@ class LeanTCPServer(TCPServer):
         await super().run()
 
     def cork(self) -> None:
-        """Hold this connection's writes until `uncork` (which is awaited in a ``finally``)."""
+        """Hold this connection's writes until `uncork` (`abandon_cork` on an exception's way
+        out); a write that is not plain data (a close) sends what was held first."""
         if self._corked is None:
             self._corked = []
 

@@ -93,8 +93,14 @@ class LateStatusResponse:
     async def fail(self, error: SluiceError) -> None:
         """Answer with the error's own status: only possible before anything was sent."""
         body = openai_error_body(error)
-        if self._direct is not None:
-            self._direct.cork()  # uncorked by `finish`: the whole answer in one write
-        await self.start(error.status, [*error_headers(error),
-                                        (b"content-length", str(len(body)).encode())])
+        direct = self._direct
+        if direct is not None:
+            direct.cork()  # uncorked by `finish`: the whole answer in one write
+        try:
+            await self.start(error.status, [*error_headers(error),
+                                            (b"content-length", str(len(body)).encode())])
+        except BaseException:
+            if direct is not None:
+                direct.abandon_cork()
+            raise
         await self.finish(body)

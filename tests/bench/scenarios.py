@@ -94,7 +94,10 @@ FULL: tuple[BenchScenario, ...] = (
         rows=(*_ROWS_LATENCY, "relay_core_other", "steal")),
     BenchScenario(
         "stream-100", "100 concurrent streams @ 50 tok/s, 100 chunks each (closed loop)",
-        "pacer", _paced(50), tps=50, repeats=3,
+        "pacer", _paced(50), tps=50, repeats=3, extra_targets=("sluice-noshed",),
+        note="sluice-noshed: the same Sluice with the overload guard off, so a worker that "
+             "falls behind on a busy machine still relays every stream (CPU per chunk "
+             "without refusals mixed in)",
         load={"streams": 100, "tokens": 100, "ramp": 2.0, "warm": 0.0, "duration": 6.0},
         rows=("chunks_per_s", "offered_cps", *_ROWS_LATENCY, *_ROWS_LOAD, *_ROWS_LAG,
               *_ROWS_KEYS)),
