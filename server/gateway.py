@@ -98,7 +98,7 @@ class SluiceApp(QuartTrio):
         """Refuse new streams while the loop is behind, before Quart makes anything of them."""
         guard = self.overload
         if guard is not None and guard.shedding and scope["type"] == "http" \
-                and is_new_work(scope):
+                and is_new_work(scope) and guard.refuse_next():
             origin = next((value.decode("latin-1") for name, value in scope["headers"]
                            if name == b"origin"), None)
             cors = [(name.encode(), value.encode())

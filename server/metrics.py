@@ -258,6 +258,10 @@ class _Overload(Collector):
         yield GaugeMetricFamily("sluice_overload_shedding",
                                 "1 while new streams are refused because the loop is behind.",
                                 value=int(guard.shedding))
+        yield GaugeMetricFamily("sluice_overload_refused_share",
+                                "The share of new streams refused now (1 above the lag "
+                                "threshold, less as the lag falls toward lag_clear).",
+                                value=guard.refused_share)
         yield CounterMetricFamily("sluice_overload_refusals",
                                   "New streams refused (503 gateway_overloaded) because the "
                                   "event loop was behind.", value=guard.refusals)

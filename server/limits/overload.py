@@ -29,8 +29,17 @@ hysteresis over a smoothed lag: an exponentially weighted mean over about
 the last five samples (one gc pause or a burst of opens does not shed; lag
 that lasts does), shedding starts above ``lag_threshold`` and stops only
 once the smoothed lag has stayed below the lower ``lag_clear`` for
-``hold`` seconds — so a worker that just recovered is not flooded again at
-once and flapping between the two states is bounded.
+``hold`` seconds.
+
+**How much is refused** (`LagGuard.refuse_next`): while shedding, not every
+new stream. Above ``lag_threshold`` all are; between the two bounds a share
+that falls in proportion to the lag, down to none at ``lag_clear``, spread
+evenly (every other one at one half). A worker on its way back takes new
+streams gradually instead of in one wave, and one that hovers at the
+threshold keeps most of its throughput. (All-or-nothing, measured at
+100 streams on a busy machine: whole seconds of refusing everything, then
+a wave of opens that drove the lag up again; half the chunks a worker
+without the guard delivered, at a worse latency.)
 
 What is refused and how is the app's business (`server.gateway.SluiceApp`):
 new streams only, before Quart builds a request; in-flight streams, health,
@@ -68,6 +77,31 @@ class LagGuard:
         self.shedding = False
         self.refusals = 0
         self._clear_since: float | None = None
+        self._owed = 0.0  # refusals due but not yet made: spreads a share evenly
+
+    @property
+    def refused_share(self) -> float:
+        """The share of new streams refused now: 1 above the threshold, falling in
+        proportion to the lag between the two bounds, 0 at ``lag_clear`` or not shedding."""
+        if not self.shedding:
+            return 0.0
+        settings = self.settings
+        band = settings.lag_threshold - settings.lag_clear
+        if band <= 0:  # no band (the config refuses one; a test may not)
+            return 1.0 if self.lag >= settings.lag_clear else 0.0
+        return min(1.0, max(0.0, (self.lag - settings.lag_clear) / band))
+
+    def refuse_next(self) -> bool:
+        """Whether to refuse the next new stream (one call per new stream)."""
+        share = self.refused_share
+        if share <= 0.0:
+            self._owed = 0.0
+            return False
+        self._owed += share
+        if self._owed >= 1.0 - 1e-9:
+            self._owed -= 1.0
+            return True
+        return False
 
     def observe(self, lag: float, now: float) -> bool:
         """Take one lag sample (seconds, measured at ``now``); return whether to shed."""

@@ -58,6 +58,9 @@ RECEIVE_BYTES = 64 * 1024
 # A request sent less than this long before the deadline may rightly be unanswered.
 UNANSWERED_GRACE = 1.0
 RETRY_DELAY = 0.1
+# After a 503 refusal: the Retry-After Sluice sends (1 s), which the openai SDKs honour. A
+# client retrying 10x sooner makes refusing dearer than serving (tests/bench/README.md).
+REFUSED_RETRY_DELAY = 1.0
 DRIVERS = ("epoll", "asyncio", "trio")
 
 
@@ -87,7 +90,7 @@ class LoadSpec:
     """PIDs sent SIGUSR1 at the window's start and end (the gc-stats variant dumps on it)."""
     api_key: str = ""
     """Sent as ``Authorization: Bearer`` (the sluice-keys target)."""
-    refused_retry_delay: float = RETRY_DELAY
+    refused_retry_delay: float = REFUSED_RETRY_DELAY
     """After a 503 (a refusal), wait this long before the stream's next request, on the
     same connection when the server keeps it: the Retry-After a polite client honours
     (epoll driver; the others reconnect after 0.1 s)."""
@@ -165,7 +168,7 @@ class _Phase:
     latency: bool
     tally: Tally
     api_key: str = ""
-    refused_retry_delay: float = RETRY_DELAY
+    refused_retry_delay: float = REFUSED_RETRY_DELAY
     request: bytes = b""
     stopping: bool = False
     started: int = 0

@@ -69,6 +69,8 @@ class Options:
     repeats: int | None
     install: bool
     upstream: str
+    streams: int | None = None
+    """Override the stream count (and skip a capacity measurement): A/B runs at one load."""
 
 
 @dataclass
@@ -102,6 +104,9 @@ def parse_args(argv: list[str] | None) -> Options:
                              "cannot keep up; see tests/bench/scenarios.py)")
     parser.add_argument("--no-install", action="store_true",
                         help="do not apt-get nginx when it is missing")
+    parser.add_argument("--streams", type=int,
+                        help="override every scenario's stream count (the overload scenario "
+                             "then skips measuring capacity): to compare two runs at one load")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -117,7 +122,7 @@ def parse_args(argv: list[str] | None) -> Options:
         if not known(variant):
             parser.error(f"unknown variant {variant!r}")
     return Options(Path(args.out), args.quick, args.scenario, targets, variants, args.loadgen,
-                   args.repeats, not args.no_install, args.upstream)
+                   args.repeats, not args.no_install, args.upstream, args.streams)
 
 
 def machine_info(nginx_note: str) -> dict[str, Any]:
@@ -346,7 +351,10 @@ def _run_targets(stack: contextlib.ExitStack, workdir: Path, scenario: BenchScen
     for target in relays:
         result.runs[target] = []
     probe = relays.get("sluice")
-    if scenario.capacity_factor and probe is not None:
+    if options.streams is not None:
+        scenario = replace(scenario, load={**scenario.load, "streams": options.streams})
+        result.scenario = scenario
+    elif scenario.capacity_factor and probe is not None:
         capacity = measure_capacity(scenario, probe, upstream.pid, options.driver)
         streams = max(1, round(scenario.capacity_factor * capacity))
         print(f"  capacity of one Sluice worker: {capacity:.0f} streams at {scenario.tps:g} "

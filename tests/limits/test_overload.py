@@ -101,6 +101,44 @@ def test_a_zero_hold_stops_at_the_first_clear_sample() -> None:
     assert min(lags) >= 0.02 > guard.lag
 
 
+def refusals(guard: LagGuard, count: int) -> list[bool]:
+    return [guard.refuse_next() for _ in range(count)]
+
+
+def test_above_the_threshold_every_new_stream_is_refused() -> None:
+    guard = LagGuard(SETTINGS)
+    play(guard, 0.2, 0.0, 1.0)
+    assert guard.shedding and guard.refused_share == 1.0
+    assert refusals(guard, 5) == [True] * 5
+
+
+def test_between_the_bounds_a_share_falling_with_the_lag_is_refused_evenly() -> None:
+    guard = LagGuard(SETTINGS)
+    play(guard, 0.2, 0.0, 1.0)  # shedding
+    play(guard, 0.035, 1.0, 2.0)  # then 35 ms: halfway between 20 and 50
+    assert guard.shedding
+    assert guard.refused_share == pytest.approx(0.5, abs=0.01)
+    assert refusals(guard, 6) == [False, True] * 3
+    play(guard, 0.026, 3.0, 2.0)  # 26 ms: a fifth of the way
+    assert guard.refused_share == pytest.approx(0.2, abs=0.01)
+    assert sum(refusals(guard, 100)) == pytest.approx(20, abs=1)
+
+
+def test_the_lag_alone_never_refuses_before_shedding_starts() -> None:
+    guard = LagGuard(SETTINGS)
+    play(guard, 0.045, 0.0, 2.0)  # in the band, but never above the threshold
+    assert not guard.shedding and guard.refused_share == 0.0
+    assert refusals(guard, 5) == [False] * 5
+
+
+def test_below_the_clear_bound_none_are_refused_while_the_hold_runs() -> None:
+    guard = LagGuard(SETTINGS)
+    play(guard, 0.2, 0.0, 1.0)
+    play(guard, 0.0, 1.0, 0.5)  # clear, but not yet for the whole hold
+    assert guard.shedding and guard.refused_share == 0.0
+    assert refusals(guard, 5) == [False] * 5
+
+
 @pytest.mark.parametrize(("method", "path", "new"), [
     ("POST", "/v1/chat/completions", True),
     ("POST", "/v1/completions", True),
