@@ -101,8 +101,8 @@ async def test_sluice_in_front_of_a_streaming_upstream_streams_and_shows_its_ove
     text = out.getvalue()
     assert status == 0, text
     assert f"A: {sluice.base_url}\nB: {upstream.base_url}\n" in text
-    assert "A: STREAMING (streaming 4 of 4 runs)" in text
-    assert "B: STREAMING (streaming 4 of 4 runs)" in text
+    assert "A: STREAMING (streaming 4 of 4 runs)" in text, text
+    assert "B: STREAMING (streaming 4 of 4 runs)" in text, text
     # Sluice holds its response head until the first content chunk (the commit point):
     # beside the direct run, the overhead is in both TTFB and the first content.
     for row in ("TTFB (response head)", "time to first content", "total time"):
