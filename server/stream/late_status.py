@@ -61,18 +61,17 @@ class LateStatusResponse:
                 await self._send({"type": "http.response.body", "body": data,
                                   "more_body": True})
             return
-        if direct is None:
-            await self.start(200, SSE_HEADERS)
-            await self._send({"type": "http.response.body", "body": data, "more_body": True})
-            return
-        direct.cork()  # the headers and the first body message: one write
+        if direct is not None:
+            direct.cork()  # the headers and the first body message: one write
         try:
             await self.start(200, SSE_HEADERS)
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
         except BaseException:
-            direct.abandon_cork()
+            if direct is not None:
+                direct.abandon_cork()
             raise
-        await direct.uncork()
+        if direct is not None:
+            await direct.uncork()
 
     async def finish(self, data: bytes) -> None:
         direct = self._direct
