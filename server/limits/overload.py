@@ -52,7 +52,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 import trio
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope
+from hypercorn.typing import ASGISendEvent, HTTPScope
 
 from server.config import OverloadSettings
 from server.errors import Overloaded, error_headers, openai_error_body
@@ -165,33 +165,18 @@ def is_new_work(scope: HTTPScope) -> bool:
     return scope["method"] == "POST" and scope["path"] in NEW_WORK_PATHS
 
 
-async def refuse(guard: LagGuard, receive: ASGIReceiveCallable, send: ASGISendCallable,
-                 extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    """Answer 503 ``gateway_overloaded`` with Retry-After, straight on the ASGI connection.
+def refusal(settings: OverloadSettings,
+            extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> list[ASGISendEvent]:
+    """The ASGI messages of a 503 ``gateway_overloaded`` with Retry-After.
 
     No request object, no parsing, no log line: while the loop is behind, a
     refusal must cost as little as possible. ``extra_headers``: the API's
     CORS headers for the request's origin, so a page can read the 503.
-
-    The body is read (and dropped) first: hypercorn keeps an HTTP/1.1
-    connection for the client's next request only if the request was read to
-    its end when the response ends — otherwise it closes it, and a client's
-    pool that reuses it sees "server disconnected". A body that does not come
-    within `BODY_BOUND` is left.
     """
-    guard.refusals += 1
-    with trio.move_on_after(BODY_BOUND):
-        while (message := await receive())["type"] == "http.request" \
-                and message.get("more_body", False):
-            pass
-    error = Overloaded(guard.settings.retry_after)
+    error = Overloaded(settings.retry_after)
     body = openai_error_body(error)
     headers = [*error_headers(error), (b"content-length", str(len(body)).encode()),
                *extra_headers]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers,
-                "trailers": False})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-# How long a refusal waits for the rest of the request body (usually there already).
-BODY_BOUND = 1.0
+    return [{"type": "http.response.start", "status": error.status, "headers": headers,
+             "trailers": False},
+            {"type": "http.response.body", "body": body, "more_body": False}]

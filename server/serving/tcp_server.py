@@ -81,6 +81,7 @@ from typing import Any
 import h11
 import trio
 from h11._writers import ChunkedWriter
+from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState
@@ -88,6 +89,8 @@ from hypercorn.trio import run as hypercorn_trio_run
 from hypercorn.trio import tcp_server as hypercorn_tcp_server
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
+
+from server.serving.immediate import AnswerAfterBody, ImmediateAnswer, content_length
 
 
 class KeepAliveTimer:
@@ -134,16 +137,35 @@ class KeepAliveTimer:
 
 class LeanTaskGroup(TaskGroup):
     """hypercorn's per-connection task group, whose messages to the app skip the scheduler
-    when the app's queue has room.
+    when the app's queue has room, and which answers at once what the app can answer at once.
 
     hypercorn hands the app each request message (a body, its end, the
     disconnect) with ``await channel.send(...)``, which always yields — one
     task step each, three per request. Here a message goes in with
     ``send_nowait`` and only a full queue waits the usual way.
+
+    An app with an ``immediate_response(scope)`` method (`server.gateway.SluiceApp`:
+    a refusal while the loop is behind) is asked first. When it returns the
+    response's messages and the request's body came whole with its head, no
+    task is started: `server.serving.immediate.ImmediateAnswer` sends them
+    from the connection's own task as hypercorn parses the body's end. A body
+    still on its way is read by a task the usual way (`AnswerAfterBody`).
     """
 
     async def spawn_app(self, app: Any, config: Any, scope: Any,
                         send: Callable[..., Any]) -> Callable[[Any], Any]:
+        answer = getattr(getattr(app, "app", None), "immediate_response", None)
+        if answer is not None and (found := _h11_request(send)) is not None \
+                and (messages := answer(scope)) is not None:
+            length = content_length(scope)
+            unread, _ = found[1].connection.trailing_data
+            if length is not None and len(unread) >= length:
+                return ImmediateAnswer(messages, send)  # the body is here: no task
+            app = ASGIWrapper(AnswerAfterBody(messages))  # a task waits for the rest
+        return await self._spawn(app, config, scope, send)
+
+    async def _spawn(self, app: Any, config: Any, scope: Any,
+                     send: Callable[..., Any]) -> Callable[[Any], Any]:
         put = await super().spawn_app(app, config, scope, send)
         channel = getattr(put, "__self__", None)
         if not isinstance(channel, trio.MemorySendChannel):
@@ -279,17 +301,11 @@ class DirectBody:
 
     @classmethod
     def of(cls, send: Callable[..., Any]) -> DirectBody | None:
-        server = CONNECTION.get()
-        if server is None:
+        found = _h11_request(send)
+        if found is None:
             return None
-        protocol = getattr(getattr(server, "protocol", None), "protocol", None)
-        if not isinstance(protocol, H11Protocol) \
-                or not isinstance(protocol.connection, h11.Connection):
-            return None  # HTTP/2 or a WebSocket: hypercorn's own path
-        stream = getattr(send, "__self__", None)
-        if stream is None or stream is not protocol.stream:
-            return None  # not this connection's current request, or wrapped
-        return cls(server, protocol, stream)
+        server, protocol = found
+        return cls(server, protocol, protocol.stream)
 
     def cork(self) -> None:
         self._server.cork()
@@ -309,6 +325,21 @@ class DirectBody:
             return False
         await self._server.protocol_send(RawData(data=b"%x\r\n%b\r\n" % (len(data), data)))
         return True
+
+
+def _h11_request(send: Callable[..., Any]) -> tuple[LeanTCPServer, H11Protocol] | None:
+    """The connection and its HTTP/1.1 protocol, if ``send`` is the ASGI send of the current
+    request on a `LeanTCPServer` connection (as seen from that connection's tasks)."""
+    server = CONNECTION.get()
+    if server is None:
+        return None
+    protocol = getattr(getattr(server, "protocol", None), "protocol", None)
+    if not isinstance(protocol, H11Protocol) \
+            or not isinstance(protocol.connection, h11.Connection):
+        return None  # HTTP/2 or a WebSocket: hypercorn's own path
+    if getattr(send, "__self__", None) is not protocol.stream:
+        return None  # not this connection's current request, or wrapped
+    return server, protocol
 
 
 def bound_stalls(sock: trio.socket.SocketType | socket.socket, seconds: float) -> None:

@@ -17,11 +17,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 import trio
 import trio.lowlevel
 
 from server.config import CorsSettings, OverloadSettings
+from server.limits.overload import LagGuard
 from server.testing.fake_upstream import FakeUpstream, Scenario
 from tests.conftest import PROMPTLY, chat_body, running_sluice, settings_for
 from tests.e2e.test_lifecycle import BOTH, START_BOUND, launched, write_config
@@ -171,3 +173,55 @@ async def test_the_guard_runs_in_the_app_under_every_launcher_and_ends_with_it(
         sluice.process.send_signal(signal.SIGTERM)
         with trio.fail_after(START_BOUND):
             assert await sluice.process.wait() == 0
+
+
+class SpawnCounter(trio.abc.Instrument):
+    """Counts the tasks started in the serving process (the test's own included)."""
+
+    def __init__(self) -> None:
+        self.spawned = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.spawned += 1
+
+
+async def test_a_refusal_whose_request_came_whole_is_answered_by_the_connection_itself(
+        upstream: FakeUpstream) -> None:
+    """Sluice's TCP server asks the app first (`SluiceApp.immediate_response`): a refused
+    request that came whole with its head is answered from the connection's task, without
+    starting the app's — one pass of a busy loop sooner. A body in pieces goes the ASGI way.
+    Both keep the connection for the next request."""
+    async with running_sluice(settings_for(upstream.base_url)) as sluice:
+        guard = LagGuard(OVERLOAD)  # no sampler: a guard that says the loop is behind
+        guard.shedding, guard.lag = True, 1.0
+        sluice.app.overload = guard
+        host, port = sluice.base_url.removeprefix("http://").rsplit(":", 1)
+        body = orjson.dumps(chat_body())
+        head = (b"POST " + URL.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        counter = SpawnCounter()
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            with trio.fail_after(PROMPTLY):
+                await read_healthz(stream)  # the connection's task is running
+                trio.lowlevel.add_instrument(counter)
+                try:
+                    await stream.send_all(head + body)  # one write: the request whole
+                    assert await read_response_status(stream) == 503
+                    whole = counter.spawned
+                    await stream.send_all(head)  # the body after the head: the ASGI way
+                    await trio.sleep(0.05)
+                    await stream.send_all(body)
+                    assert await read_response_status(stream) == 503
+                    in_pieces = counter.spawned - whole
+                finally:
+                    trio.lowlevel.remove_instrument(counter)
+                await read_healthz(stream)  # still the same connection
+        assert whole == 0, "the app's task was started for a request the server could answer"
+        assert in_pieces == 1, "a body in pieces is the app's to read and answer"
+        assert guard.refusals == 2
+        assert len(upstream.requests) == 0
+
+
+async def read_healthz(stream: trio.SocketStream) -> None:
+    await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert await read_response_status(stream) == 200
