@@ -155,7 +155,8 @@ class OverloadSettings:
     """
 
     enabled: bool = True
-    lag_threshold: float = 0.02  # smoothed event-loop lag above this: refuse new streams
+    lag_threshold: float = 0.02  # smoothed event-loop lag above this...
+    onset: float = 1.0  # ...for this long: refuse new streams
     lag_clear: float = 0.01  # ...until it stays below this
     hold: float = 1.0  # ...for this long
     retry_after: float = 1.0  # the Retry-After a refused client is given
@@ -401,6 +402,7 @@ def _overload(table: _Table) -> OverloadSettings:
     settings = OverloadSettings(
         enabled=table.take("enabled", bool, d.enabled),
         lag_threshold=table.number("lag_threshold_ms", d.lag_threshold * ms) / ms,
+        onset=table.number("onset_s", d.onset, allow_zero=True),
         lag_clear=table.number("lag_clear_ms", d.lag_clear * ms, allow_zero=True) / ms,
         hold=table.number("hold_s", d.hold, allow_zero=True),
         retry_after=table.number("retry_after_s", d.retry_after, allow_zero=True),
