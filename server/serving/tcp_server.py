@@ -90,6 +90,7 @@ from hypercorn.trio import tcp_server as hypercorn_tcp_server
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 
+from server.serving import accept
 from server.serving.immediate import AnswerAfterBody, ImmediateAnswer, content_length
 
 
@@ -357,6 +358,8 @@ def bound_stalls(sock: trio.socket.SocketType | socket.socket, seconds: float) -
 
 
 def install() -> None:
-    """Make hypercorn's trio ``worker_serve`` (and so ``hypercorn.trio.serve``) use it."""
+    """Make hypercorn's trio ``worker_serve`` (and so ``hypercorn.trio.serve``) use it, and
+    accept connections in batches (`server.serving.accept`)."""
     hypercorn_trio_run.TCPServer = LeanTCPServer  # type: ignore[attr-defined]
     hypercorn_tcp_server.TaskGroup = LeanTaskGroup  # type: ignore[attr-defined]
+    accept.install()
