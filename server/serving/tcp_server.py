@@ -90,7 +90,6 @@ from hypercorn.trio import tcp_server as hypercorn_tcp_server
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 
-from server.serving import accept
 from server.serving.immediate import AnswerAfterBody, ImmediateAnswer, content_length
 
 
@@ -358,8 +357,6 @@ def bound_stalls(sock: trio.socket.SocketType | socket.socket, seconds: float) -
 
 
 def install() -> None:
-    """Make hypercorn's trio ``worker_serve`` (and so ``hypercorn.trio.serve``) use it, and
-    accept connections in batches (`server.serving.accept`)."""
+    """Make hypercorn's trio ``worker_serve`` (and so ``hypercorn.trio.serve``) use it."""
     hypercorn_trio_run.TCPServer = LeanTCPServer  # type: ignore[attr-defined]
     hypercorn_tcp_server.TaskGroup = LeanTaskGroup  # type: ignore[attr-defined]
-    accept.install()
