@@ -155,11 +155,11 @@ class LeanTaskGroup(TaskGroup):
     async def spawn_app(self, app: Any, config: Any, scope: Any,
                         send: Callable[..., Any]) -> Callable[[Any], Any]:
         answer = getattr(getattr(app, "app", None), "immediate_response", None)
-        if answer is not None and (found := _h11_request(send)) is not None \
-                and (messages := answer(scope)) is not None:
-            length = content_length(scope)
-            unread, _ = found[1].connection.trailing_data
-            if length is not None and len(unread) >= length:
+        messages = answer(scope) if answer is not None else None  # None unless shedding
+        if messages is not None:
+            found, length = _h11_request(send), content_length(scope)
+            if found is not None and length is not None \
+                    and len(found[1].connection.trailing_data[0]) >= length:
                 return ImmediateAnswer(messages, send)  # the body is here: no task
             app = ASGIWrapper(AnswerAfterBody(messages))  # a task waits for the rest
         return await self._spawn(app, config, scope, send)
